@@ -1,0 +1,62 @@
+//! One engine step: the sequences scheduled together and what came out.
+
+use crate::{ExecutorError, ImageInput, SamplingParams, TokenLogprobs};
+
+/// Identifies a sequence for the lifetime of its request.
+pub type SeqId = u64;
+
+/// One sequence's share of a step.
+#[derive(Debug, Clone)]
+pub struct ScheduledSeq {
+    pub seq_id: SeqId,
+    /// The tokens to run now: a prefill chunk, or the single last sampled token.
+    pub tokens: Vec<u32>,
+    /// Position of `tokens[0]` in the sequence (the number of tokens already in the KV state).
+    pub start_pos: usize,
+    /// Sample a token after this chunk (false for a prefill chunk that is not the last).
+    pub sample: bool,
+    /// Sampling parameters; read when the executor first sees the sequence.
+    pub sampling: SamplingParams,
+    /// Images whose soft tokens lie in this chunk (positions relative to the sequence).
+    pub images: Vec<ImageInput>,
+}
+
+/// Everything run in one batched forward.
+#[derive(Debug, Clone, Default)]
+pub struct StepBatch {
+    pub seqs: Vec<ScheduledSeq>,
+}
+
+/// A sequence's result of one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqOutput {
+    pub seq_id: SeqId,
+    /// The sampled token, when the sequence asked for one.
+    pub token: Option<u32>,
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepOutput {
+    pub outputs: Vec<SeqOutput>,
+}
+
+/// How the executor's KV memory is laid out, so a scheduler can budget it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    /// The longest sequence (prompt plus output) the model accepts.
+    pub max_seq_len: usize,
+    pub num_layers: usize,
+    /// Bytes of KV state one token takes across all layers.
+    pub bytes_per_token: usize,
+}
+
+/// Runs batched forwards for the scheduler. Implemented by the candle engine and,
+/// in tests, by fakes.
+pub trait Executor: Send {
+    /// Runs one step over every scheduled sequence and samples where asked.
+    fn step(&mut self, batch: &StepBatch) -> Result<StepOutput, ExecutorError>;
+    /// Forgets a sequence and frees its KV state.
+    fn release(&mut self, seq: SeqId);
+    fn kv_layout(&self) -> KvLayout;
+}

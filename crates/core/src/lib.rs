@@ -1,0 +1,16 @@
+//! Types shared across medgemma-server: what a request asks for, what the engine
+//! streams back, and the batch the scheduler hands to an executor each step.
+//!
+//! This crate knows nothing of candle, axum or tokio; every other crate may use it.
+
+pub mod batch;
+pub mod error;
+pub mod event;
+pub mod request;
+pub mod sampling;
+
+pub use batch::{Executor, KvLayout, ScheduledSeq, SeqId, SeqOutput, StepBatch, StepOutput};
+pub use error::ExecutorError;
+pub use event::{FinishReason, TokenEvent, TokenLogprobs, Usage};
+pub use request::{GenerateRequest, ImageInput, Prompt, StopCriteria};
+pub use sampling::SamplingParams;

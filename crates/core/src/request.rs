@@ -1,0 +1,49 @@
+//! A generation request as the engine sees it: token ids, pixels, sampling.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::SamplingParams;
+
+/// One preprocessed image: normalized CHW pixels and where its soft tokens sit in the prompt.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    /// `channels * height * width` values, channel-major.
+    pub pixels: Arc<[f32]>,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Index in `Prompt::token_ids` of this image's first soft token.
+    pub placeholder_start: usize,
+    /// Number of soft tokens this image fills.
+    pub placeholder_len: usize,
+}
+
+/// The tokenized prompt and its images, in prompt order.
+#[derive(Debug, Clone, Default)]
+pub struct Prompt {
+    pub token_ids: Vec<u32>,
+    pub images: Vec<ImageInput>,
+}
+
+/// When a sequence ends besides the token limit.
+#[derive(Debug, Clone, Default)]
+pub struct StopCriteria {
+    /// Token ids that end the sequence (the checkpoint's end-of-sequence ids); not emitted as text.
+    pub stop_token_ids: Vec<u32>,
+    /// Strings that end the sequence; matched on the detokenized text, never emitted.
+    pub stop_strings: Vec<String>,
+    /// Keep generating through end-of-sequence tokens.
+    pub ignore_eos: bool,
+}
+
+/// Everything the engine needs to generate one completion.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub id: String,
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+    pub stop: StopCriteria,
+    pub max_new_tokens: usize,
+    pub arrival: Instant,
+}

@@ -1,0 +1,115 @@
+//! Gemma 3 attention over packed sequences: GQA, q/k RMSNorm before RoPE,
+//! scale `query_pre_attn_scalar^-0.5`, softmax in f32.
+//!
+//! `attn_logit_softcapping` is parsed but, as in transformers' Gemma 3 (unlike
+//! Gemma 2), never applied: checked on the tiny-gemma3-text fixture, which sets it.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{linear_no_bias, Linear, VarBuilder};
+
+use crate::batch::ForwardBatch;
+use crate::config::{LayerType, TextConfig};
+use crate::kv::SeqKv;
+use crate::mask::MaskSpec;
+use crate::norm::GemmaRmsNorm;
+use crate::rope::RopeTables;
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: GemmaRmsNorm,
+    k_norm: GemmaRmsNorm,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    window: Option<usize>,
+}
+
+impl Attention {
+    pub fn new(cfg: &TextConfig, layer_type: LayerType, vb: VarBuilder) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        Ok(Self {
+            q_proj: linear_no_bias(h, nq * d, vb.pp("q_proj"))?,
+            k_proj: linear_no_bias(h, nkv * d, vb.pp("k_proj"))?,
+            v_proj: linear_no_bias(h, nkv * d, vb.pp("v_proj"))?,
+            o_proj: linear_no_bias(nq * d, h, vb.pp("o_proj"))?,
+            q_norm: GemmaRmsNorm::new(d, cfg.rms_norm_eps, vb.pp("q_norm"))?,
+            k_norm: GemmaRmsNorm::new(d, cfg.rms_norm_eps, vb.pp("k_norm"))?,
+            num_heads: nq,
+            num_kv_heads: nkv,
+            head_dim: d,
+            scale: cfg.query_pre_attn_scalar.powf(-0.5),
+            window: (layer_type == LayerType::Sliding).then_some(cfg.sliding_window),
+        })
+    }
+
+    /// `x`: `[tokens, hidden]` of every sequence in `batch`; `kvs[i]` is sequence i's state.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        batch: &ForwardBatch,
+        kvs: &mut [&mut SeqKv],
+        layer: usize,
+    ) -> Result<Tensor> {
+        let t = x.dim(0)?;
+        let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self
+            .q_norm
+            .forward(&self.q_proj.forward(x)?.reshape((1, t, nq, d))?)?;
+        let k = self
+            .k_norm
+            .forward(&self.k_proj.forward(x)?.reshape((1, t, nkv, d))?)?;
+        let v = self.v_proj.forward(x)?.reshape((t, nkv, d))?;
+        let (q, k) = (rope.apply(&q)?.squeeze(0)?, rope.apply(&k)?.squeeze(0)?);
+        let mut outs = Vec::with_capacity(batch.spans.len());
+        for (span, kv) in batch.spans.iter().zip(kvs.iter_mut()) {
+            let heads_first = |x: &Tensor| {
+                x.narrow(0, span.offset, span.len)?
+                    .transpose(0, 1)?
+                    .contiguous()
+            };
+            let (qs, ks, vs) = (heads_first(&q)?, heads_first(&k)?, heads_first(&v)?);
+            let cache = kv.layer_mut(layer);
+            let (k_all, v_all, k_start) = cache.append(&ks, &vs)?;
+            let spec = MaskSpec {
+                q_start: span.start_pos,
+                q_len: span.len,
+                k_start,
+                k_len: k_all.dim(1)?,
+                window: self.window,
+                groups: span.image_groups.as_deref(),
+            };
+            let mask = spec.build(x.dtype(), x.device())?;
+            let o = self.attend(&qs, &k_all, &v_all, mask.as_ref())?;
+            if let Some(w) = self.window {
+                cache.trim_to_window(w)?;
+            }
+            outs.push(o.transpose(0, 1)?.reshape((span.len, nq * d))?);
+        }
+        self.o_proj.forward(&Tensor::cat(&outs, 0)?)
+    }
+
+    /// `q`: `[heads, L, D]`, `k`/`v`: `[kv_heads, S, D]`, mask `[L, S]` → `[heads, L, D]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (nq, l, d) = q.dims3()?;
+        let (nkv, s) = (self.num_kv_heads, k.dim(1)?);
+        let group = nq / nkv;
+        // Heads sharing a kv head are stacked along the query axis: no repeat_kv copies.
+        let q = q.reshape((nkv, group * l, d))?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let mut scores = scores.reshape((nkv, group, l, s))?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+            .to_dtype(q.dtype())?
+            .reshape((nkv, group * l, s))?;
+        probs.matmul(v)?.reshape((nq, l, d))
+    }
+}

@@ -1,0 +1,44 @@
+//! The Gemma 3 / MedGemma model on candle: configuration, weights, the text decoder,
+//! sampling, and the executor the scheduler drives.
+//!
+//! Numbers follow Hugging Face transformers (see docs in GEMMA3.md); every part is
+//! checked against its outputs on the tiny checkpoints under tests/fixtures.
+
+pub mod attention;
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod executor;
+pub mod generate;
+pub mod hub;
+pub mod kv;
+pub mod mask;
+pub mod mlp;
+pub mod model;
+pub mod norm;
+pub mod rope;
+pub mod sampling;
+pub mod text;
+pub mod weights;
+
+pub use batch::{ForwardBatch, SeqSpan};
+pub use config::{Architecture, LayerType, ModelConfig, TextConfig};
+pub use error::ModelError;
+pub use executor::CandleExecutor;
+pub use generate::{generate, Generation};
+pub use kv::SeqKv;
+pub use model::Gemma3;
+
+pub use candle_core::{DType, Device};
+
+/// Parses a dtype name as the CLI and config take it.
+pub fn parse_dtype(name: &str) -> Result<DType, ModelError> {
+    match name {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(ModelError::Input(format!(
+            "unknown dtype {other:?} (f32, f16 or bf16)"
+        ))),
+    }
+}

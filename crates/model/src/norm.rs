@@ -1,0 +1,33 @@
+//! Gemma's RMSNorm, the one normalization of the text decoder and the projector.
+//!
+//! transformers computes it entirely in f32, `1 + w` included, and rounds once at
+//! the end; candle-transformers' gemma3.rs rounds twice in bf16 (GEMMA3.md §8), so
+//! this crate has its own.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+#[derive(Debug, Clone)]
+pub struct GemmaRmsNorm {
+    /// `1 + weight`, formed in f32.
+    scale: Tensor,
+    eps: f32,
+}
+
+impl GemmaRmsNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let w = vb.get_with_hints_dtype(dim, "weight", candle_nn::Init::Const(0.0), DType::F32)?;
+        Ok(Self {
+            scale: (w + 1.0)?,
+            eps: eps as f32,
+        })
+    }
+}
+
+impl Module for GemmaRmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32)?.contiguous()?;
+        candle_nn::ops::rms_norm(&xf, &self.scale, self.eps)?.to_dtype(dtype)
+    }
+}

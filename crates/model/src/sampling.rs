@@ -1,0 +1,197 @@
+//! Choosing the next token from one sequence's logits, on the host.
+//!
+//! Order: logit bias, repetition / frequency / presence penalties, suppressed
+//! tokens, then greedy argmax, or temperature → top-k → top-p → min-p and a draw
+//! from the request's own seeded generator. Log probabilities are those of the
+//! model's raw distribution (before any of these), as the reference reports them.
+
+use std::collections::HashMap;
+
+use medgemma_core::{SamplingParams, TokenLogprobs};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Sampling state of one sequence: its parameters, generator and token counts.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    /// Tokens of the prompt and the output (repetition penalty).
+    seen: HashMap<u32, u32>,
+    /// Tokens of the output only (frequency and presence penalties).
+    generated: HashMap<u32, u32>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Self {
+            params,
+            rng,
+            seen: HashMap::new(),
+            generated: HashMap::new(),
+        }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Records prompt tokens (they count for the repetition penalty only).
+    pub fn observe_prompt(&mut self, tokens: &[u32]) {
+        for &t in tokens {
+            *self.seen.entry(t).or_default() += 1;
+        }
+    }
+
+    fn observe_output(&mut self, token: u32) {
+        *self.seen.entry(token).or_default() += 1;
+        *self.generated.entry(token).or_default() += 1;
+    }
+
+    /// Picks the next token and records it as generated.
+    pub fn sample(&mut self, logits: &[f32]) -> (u32, Option<TokenLogprobs>) {
+        let mut processed = logits.to_vec();
+        self.apply_bias_and_penalties(&mut processed);
+        let token = if self.params.is_greedy() {
+            argmax(&processed)
+        } else {
+            self.draw(&processed)
+        };
+        let logprobs = self.params.logprobs.map(|n| logprobs_of(logits, token, n));
+        self.observe_output(token);
+        (token, logprobs)
+    }
+
+    fn apply_bias_and_penalties(&self, logits: &mut [f32]) {
+        let p = &self.params;
+        for &(id, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+        if p.repetition_penalty != 1.0 {
+            for &id in self.seen.keys() {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
+                }
+            }
+        }
+        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            for (&id, &count) in &self.generated {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l -= p.frequency_penalty * count as f32 + p.presence_penalty;
+                }
+            }
+        }
+        for &id in &p.suppress_tokens {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let candidates = filtered_distribution(logits, &self.params);
+        let total: f64 = candidates.iter().map(|&(_, p)| p).sum();
+        if candidates.is_empty() || total <= 0.0 || !total.is_finite() {
+            return argmax(logits);
+        }
+        let mut u = self.rng.random::<f64>() * total;
+        for &(id, p) in &candidates {
+            if u < p {
+                return id;
+            }
+            u -= p;
+        }
+        candidates[candidates.len() - 1].0
+    }
+}
+
+/// Index of the first maximum (ties go to the lowest id, as torch.argmax).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] || logits[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Tokens kept by temperature, top-k, top-p and min-p with their unnormalized
+/// probabilities, most likely first.
+fn filtered_distribution(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f64)> {
+    let t = p.temperature.max(1e-5) as f64;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut probs: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, &l)| l.is_finite())
+        .map(|(i, &l)| (i as u32, ((l as f64 - max) / t).exp()))
+        .collect();
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if p.top_k > 0 && probs.len() > p.top_k {
+        probs.truncate(p.top_k);
+    }
+    let total: f64 = probs.iter().map(|x| x.1).sum();
+    if p.top_p < 1.0 && total > 0.0 {
+        let mut cum = 0.0;
+        let mut keep = probs.len();
+        for (i, &(_, q)) in probs.iter().enumerate() {
+            cum += q / total;
+            if cum >= p.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep.max(1));
+    }
+    if p.min_p > 0.0 {
+        if let Some(&(_, top)) = probs.first() {
+            let floor = top * p.min_p as f64;
+            probs.retain(|&(_, q)| q >= floor);
+        }
+    }
+    probs
+}
+
+/// Log-softmax of the raw logits: the chosen token's and the top `n`.
+pub fn logprobs_of(logits: &[f32], chosen: u32, n: usize) -> TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    let lp = |i: usize| (logits[i] as f64 - lse) as f32;
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let n = n.min(logits.len());
+    if n > 0 {
+        order.select_nth_unstable_by(n - 1, |&a, &b| {
+            logits[b].total_cmp(&logits[a]).then(a.cmp(&b))
+        });
+        order.truncate(n);
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    } else {
+        order.clear();
+    }
+    TokenLogprobs {
+        logprob: logits
+            .get(chosen as usize)
+            .map(|_| lp(chosen as usize))
+            .unwrap_or(f32::NEG_INFINITY),
+        top: order.into_iter().map(|i| (i as u32, lp(i))).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

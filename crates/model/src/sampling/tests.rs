@@ -1,0 +1,145 @@
+use super::*;
+
+fn params() -> SamplingParams {
+    SamplingParams {
+        seed: Some(7),
+        ..SamplingParams::default()
+    }
+}
+
+#[test]
+fn greedy_takes_the_first_maximum() {
+    let mut s = Sampler::new(SamplingParams::greedy());
+    assert_eq!(s.sample(&[0.0, 3.0, 3.0, 1.0]).0, 1);
+}
+
+#[test]
+fn logit_bias_and_suppression_change_the_choice() {
+    let mut s = Sampler::new(SamplingParams {
+        logit_bias: vec![(0, 10.0)],
+        ..SamplingParams::greedy()
+    });
+    assert_eq!(s.sample(&[0.0, 3.0]).0, 0);
+    let mut s = Sampler::new(SamplingParams {
+        suppress_tokens: vec![1],
+        ..SamplingParams::greedy()
+    });
+    assert_eq!(s.sample(&[0.0, 3.0, 2.0]).0, 2);
+}
+
+#[test]
+fn repetition_penalty_follows_transformers() {
+    let mut s = Sampler::new(SamplingParams {
+        repetition_penalty: 2.0,
+        ..SamplingParams::greedy()
+    });
+    s.observe_prompt(&[0, 1]);
+    // token 0: 3.0 / 2 = 1.5; token 1: -1.0 * 2 = -2.0; token 2 untouched at 2.0.
+    assert_eq!(s.sample(&[3.0, -1.0, 2.0]).0, 2);
+}
+
+#[test]
+fn frequency_and_presence_penalties_count_generated_tokens_only() {
+    let mut s = Sampler::new(SamplingParams {
+        frequency_penalty: 1.0,
+        presence_penalty: 0.5,
+        ..SamplingParams::greedy()
+    });
+    s.observe_prompt(&[0, 0, 0]);
+    assert_eq!(
+        s.sample(&[2.0, 1.0]).0,
+        0,
+        "prompt tokens are not penalized"
+    );
+    // 0 was generated once: 2.0 - 1.0 - 0.5 = 0.5 < 1.0.
+    assert_eq!(s.sample(&[2.0, 1.0]).0, 1);
+}
+
+#[test]
+fn a_seed_makes_sampling_repeatable() {
+    let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+    let run = |seed| {
+        let mut s = Sampler::new(SamplingParams {
+            seed: Some(seed),
+            ..params()
+        });
+        (0..20).map(|_| s.sample(&logits).0).collect::<Vec<_>>()
+    };
+    assert_eq!(run(1), run(1));
+    assert_ne!(run(1), run(2));
+}
+
+#[test]
+fn top_k_top_p_and_min_p_restrict_the_candidates() {
+    let logits = [5.0f32, 4.0, 1.0, 0.0, -1.0];
+    let keep = |p: SamplingParams| -> Vec<u32> {
+        filtered_distribution(&logits, &p)
+            .iter()
+            .map(|x| x.0)
+            .collect()
+    };
+    assert_eq!(
+        keep(SamplingParams {
+            top_k: 2,
+            ..params()
+        }),
+        vec![0, 1]
+    );
+    // probabilities ≈ 0.72, 0.27, 0.013, …: 0.9 needs the first two.
+    assert_eq!(
+        keep(SamplingParams {
+            top_p: 0.9,
+            ..params()
+        }),
+        vec![0, 1]
+    );
+    assert_eq!(
+        keep(SamplingParams {
+            top_p: 0.5,
+            ..params()
+        }),
+        vec![0]
+    );
+    assert_eq!(
+        keep(SamplingParams {
+            min_p: 0.1,
+            ..params()
+        }),
+        vec![0, 1]
+    );
+    assert_eq!(keep(params()).len(), 5);
+    let mut s = Sampler::new(SamplingParams {
+        top_k: 1,
+        temperature: 0.7,
+        ..params()
+    });
+    assert_eq!(s.sample(&logits).0, 0);
+}
+
+#[test]
+fn low_temperature_concentrates_on_the_best_token() {
+    let logits = [1.0f32, 1.5, 0.5];
+    let mut s = Sampler::new(SamplingParams {
+        temperature: 0.01,
+        ..params()
+    });
+    assert!((0..50).all(|_| s.sample(&logits).0 == 1));
+}
+
+#[test]
+fn logprobs_are_a_log_softmax_of_the_raw_logits() {
+    let mut s = Sampler::new(SamplingParams {
+        logprobs: Some(2),
+        logit_bias: vec![(2, 100.0)],
+        ..SamplingParams::greedy()
+    });
+    let (tok, lp) = s.sample(&[0.0, 1.0, 0.5]);
+    let lp = lp.unwrap();
+    assert_eq!(tok, 2, "bias chose token 2");
+    let lse = (1.0f64 + 1.0f64.exp() + 0.5f64.exp()).ln();
+    assert!(
+        (lp.logprob as f64 - (0.5 - lse)).abs() < 1e-6,
+        "raw distribution, not the biased one"
+    );
+    assert_eq!(lp.top.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2]);
+}

@@ -1,0 +1,199 @@
+//! The Gemma 3 text decoder (Gemma3TextModel + tied LM head), batched over packed
+//! sequences with the KV state passed in.
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::attention::Attention;
+use crate::batch::ForwardBatch;
+use crate::config::{LayerType, TextConfig};
+use crate::kv::SeqKv;
+use crate::mlp::Mlp;
+use crate::norm::GemmaRmsNorm;
+use crate::rope::{Rope, RopeTables};
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    attn: Attention,
+    mlp: Mlp,
+    input_layernorm: GemmaRmsNorm,
+    post_attention_layernorm: GemmaRmsNorm,
+    pre_feedforward_layernorm: GemmaRmsNorm,
+    post_feedforward_layernorm: GemmaRmsNorm,
+    layer_type: LayerType,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &TextConfig, layer_type: LayerType, vb: VarBuilder) -> Result<Self> {
+        let norm = |name: &str| GemmaRmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp(name));
+        Ok(Self {
+            attn: Attention::new(cfg, layer_type, vb.pp("self_attn"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            input_layernorm: norm("input_layernorm")?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            pre_feedforward_layernorm: norm("pre_feedforward_layernorm")?,
+            post_feedforward_layernorm: norm("post_feedforward_layernorm")?,
+            layer_type,
+        })
+    }
+
+    fn forward(
+        &self,
+        h: &Tensor,
+        rope: &RopeTables,
+        batch: &ForwardBatch,
+        kvs: &mut [&mut SeqKv],
+        index: usize,
+    ) -> Result<Tensor> {
+        let x = self.input_layernorm.forward(h)?;
+        let x = self.attn.forward(&x, rope, batch, kvs, index)?;
+        let h = (h + self.post_attention_layernorm.forward(&x)?)?;
+        let x = self
+            .mlp
+            .forward(&self.pre_feedforward_layernorm.forward(&h)?)?;
+        h + self.post_feedforward_layernorm.forward(&x)?
+    }
+}
+
+/// The decoder with its embedding table, which doubles as the LM head.
+#[derive(Debug, Clone)]
+pub struct TextModel {
+    embed_tokens: Embedding,
+    embed_scale: f64,
+    layers: Vec<DecoderLayer>,
+    norm: GemmaRmsNorm,
+    lm_head: Tensor,
+    rope_full: Rope,
+    rope_sliding: Rope,
+    cfg: TextConfig,
+    dtype: DType,
+    device: Device,
+}
+
+impl TextModel {
+    /// `vb` points at the decoder (`model`, `language_model.model`, …); `lm_head_vb`
+    /// at an untied `lm_head` when the config says the embeddings are not tied.
+    pub fn new(cfg: &TextConfig, vb: VarBuilder, lm_head_vb: Option<VarBuilder>) -> Result<Self> {
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("embed_tokens"))?;
+        let layers = cfg
+            .layer_types
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| DecoderLayer::new(cfg, t, vb.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = match lm_head_vb {
+            Some(vb) if !cfg.tie_word_embeddings => {
+                vb.get((cfg.vocab_size, cfg.hidden_size), "weight")?
+            }
+            _ => embed_tokens.embeddings().clone(),
+        };
+        Ok(Self {
+            embed_tokens,
+            // sqrt(hidden) is an f32 buffer cast to the weight dtype before multiplying.
+            embed_scale: (cfg.hidden_size as f32).sqrt() as f64,
+            layers,
+            norm: GemmaRmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?,
+            lm_head,
+            rope_full: Rope::new(cfg.rope_full, cfg.head_dim),
+            rope_sliding: Rope::new(cfg.rope_sliding, cfg.head_dim),
+            cfg: cfg.clone(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn config(&self) -> &TextConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Scaled token embeddings `[tokens, hidden]`.
+    pub fn embed(&self, token_ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(token_ids, &self.device)?;
+        let e = self.embed_tokens.forward(&ids)?;
+        let scale = Tensor::new(&[self.embed_scale as f32], &self.device)?.to_dtype(self.dtype)?;
+        e.broadcast_mul(&scale)
+    }
+
+    /// Runs the batch and returns f32 logits `[sequences wanting logits, vocab]`.
+    pub fn forward(&self, batch: &ForwardBatch, kvs: &mut [&mut SeqKv]) -> Result<Tensor> {
+        let embeds = self.embed(&batch.token_ids)?;
+        self.forward_embeds(&embeds, batch, kvs)
+    }
+
+    /// As `forward`, from embeddings (image features already merged in).
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        batch: &ForwardBatch,
+        kvs: &mut [&mut SeqKv],
+    ) -> Result<Tensor> {
+        if kvs.len() != batch.spans.len() {
+            candle_core::bail!(
+                "{} KV states for {} sequences",
+                kvs.len(),
+                batch.spans.len()
+            );
+        }
+        for (span, kv) in batch.spans.iter().zip(kvs.iter()) {
+            if span.start_pos != kv.len() {
+                candle_core::bail!(
+                    "sequence starts at {} but its KV state holds {}",
+                    span.start_pos,
+                    kv.len()
+                );
+            }
+        }
+        let positions = batch.positions();
+        let full = self
+            .rope_full
+            .tables(&positions, self.dtype, &self.device)?;
+        let sliding = self
+            .rope_sliding
+            .tables(&positions, self.dtype, &self.device)?;
+        let mut h = embeds.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let rope = match layer.layer_type {
+                LayerType::Full => &full,
+                LayerType::Sliding => &sliding,
+            };
+            h = layer.forward(&h, rope, batch, kvs, i)?;
+        }
+        for (span, kv) in batch.spans.iter().zip(kvs.iter_mut()) {
+            kv.advance(span.len);
+        }
+        self.logits(&h, batch)
+    }
+
+    fn logits(&self, h: &Tensor, batch: &ForwardBatch) -> Result<Tensor> {
+        let rows: Vec<u32> = batch
+            .spans
+            .iter()
+            .filter(|s| s.want_logits && s.len > 0)
+            .map(|s| (s.offset + s.len - 1) as u32)
+            .collect();
+        if rows.is_empty() {
+            return Tensor::zeros((0, self.cfg.vocab_size), DType::F32, &self.device);
+        }
+        let idx = Tensor::new(rows.as_slice(), &self.device)?;
+        let last = self.norm.forward(&h.index_select(&idx, 0)?)?;
+        let mut logits = last.matmul(&self.lm_head.t()?)?;
+        if let Some(cap) = self.cfg.final_logit_softcapping {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        logits.to_dtype(DType::F32)
+    }
+
+    /// Logits of one row, for tests: `[vocab]`.
+    pub fn row(logits: &Tensor, i: usize) -> Result<Vec<f32>> {
+        logits.i(i)?.to_vec1()
+    }
+}

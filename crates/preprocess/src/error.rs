@@ -1,0 +1,14 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PreprocessError {
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
+    #[error("the checkpoint has no chat template (tokenizer_config.json chat_template, chat_template.json or chat_template.jinja)")]
+    NoChatTemplate,
+    /// The template raised or failed on these messages (roles not alternating, say).
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}

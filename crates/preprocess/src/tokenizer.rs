@@ -1,0 +1,175 @@
+//! The checkpoint's tokenizer (tokenizer.json), its special tokens and its chat
+//! template, loaded from the checkpoint folder. No token id is hard-coded.
+
+use std::path::Path;
+
+use serde_json::Value as Json;
+use tokenizers::Tokenizer;
+
+use crate::error::PreprocessError;
+use crate::template::{ChatTemplate, TemplateMessage};
+
+/// Special tokens the server needs, as the checkpoint defines them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecialTokens {
+    pub bos_token: String,
+    pub eos_token: String,
+    /// Every id that ends generation: generation_config.json, config.json and the eos token.
+    pub stop_token_ids: Vec<u32>,
+}
+
+#[derive(Debug)]
+pub struct TextProcessor {
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    special: SpecialTokens,
+}
+
+impl TextProcessor {
+    /// Loads `dir/tokenizer.json` and friends; `model_eos` are the config's eos ids.
+    pub fn load(dir: &Path, model_eos: &[u32]) -> Result<Self, PreprocessError> {
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| PreprocessError::File {
+            path: tok_path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
+        let gen_config = read_json(&dir.join("generation_config.json"))?;
+        let token = |key: &str, default: &str| {
+            tok_config
+                .as_ref()
+                .and_then(|c| c.get(key))
+                .and_then(token_content)
+                .unwrap_or_else(|| default.to_string())
+        };
+        let bos_token = token("bos_token", "<bos>");
+        let eos_token = token("eos_token", "<eos>");
+        let mut stop_token_ids: Vec<u32> = gen_config
+            .as_ref()
+            .and_then(|g| g.get("eos_token_id"))
+            .map(ids_of)
+            .unwrap_or_default();
+        stop_token_ids.extend_from_slice(model_eos);
+        stop_token_ids.extend(tokenizer.token_to_id(&eos_token));
+        stop_token_ids.sort_unstable();
+        stop_token_ids.dedup();
+        let template = match ChatTemplate::find_source(dir, tok_config.as_ref()) {
+            Ok(src) => Some(ChatTemplate::new(
+                src,
+                bos_token.clone(),
+                eos_token.clone(),
+            )?),
+            Err(PreprocessError::NoChatTemplate) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            tokenizer,
+            template,
+            special: SpecialTokens {
+                bos_token,
+                eos_token,
+                stop_token_ids,
+            },
+        })
+    }
+
+    pub fn special(&self) -> &SpecialTokens {
+        &self.special
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Renders a conversation with the checkpoint's chat template.
+    pub fn render_chat(
+        &self,
+        messages: &[TemplateMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, PreprocessError> {
+        self.template
+            .as_ref()
+            .ok_or(PreprocessError::NoChatTemplate)?
+            .render(messages, add_generation_prompt)
+    }
+
+    /// Tokenizes text that already carries its special tokens (a rendered template):
+    /// no BOS is added, as transformers' apply_chat_template does.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, PreprocessError> {
+        self.encode_with(text, false)
+    }
+
+    /// Tokenizes with or without the tokenizer's own special tokens (BOS).
+    pub fn encode_with(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<u32>, PreprocessError> {
+        let enc = self
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| PreprocessError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`; ids the tokenizer does not know (embedding padding rows) are skipped.
+    pub fn decode(
+        &self,
+        ids: &[u32],
+        skip_special_tokens: bool,
+    ) -> Result<String, PreprocessError> {
+        let known: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&i| self.tokenizer.id_to_token(i).is_some())
+            .collect();
+        self.tokenizer
+            .decode(&known, skip_special_tokens)
+            .map_err(|e| PreprocessError::Tokenizer(e.to_string()))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<Json>, PreprocessError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| PreprocessError::File {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| PreprocessError::File {
+            path: path.display().to_string(),
+            msg: format!("not valid JSON: {e}"),
+        })
+}
+
+/// A special token given as a string or as `{"content": ...}`.
+fn token_content(v: &Json) -> Option<String> {
+    match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(o) => o.get("content").and_then(Json::as_str).map(String::from),
+        _ => None,
+    }
+}
+
+fn ids_of(v: &Json) -> Vec<u32> {
+    match v {
+        Json::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Json::Array(a) => a
+            .iter()
+            .filter_map(Json::as_u64)
+            .map(|x| x as u32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,1 @@
+//! OpenAI wire types (chat and text completions, models, errors) and their validation.
