@@ -3,11 +3,14 @@
 
 use std::collections::HashMap;
 
+use candle_core::Tensor;
+
 use medgemma_core::{
     Executor, ExecutorError, KvLayout, ScheduledSeq, SeqId, SeqOutput, StepBatch, StepOutput,
 };
 
 use crate::batch::ForwardBatch;
+use crate::image_plan::{self, StepImages};
 use crate::kv::SeqKv;
 use crate::model::Gemma3;
 use crate::sampling::Sampler;
@@ -78,6 +81,44 @@ impl CandleExecutor {
         Ok(batch)
     }
 
+    /// All images of the step as one `[images, 3, size, size]` tensor (checked
+    /// before any sequence state changes), or `None` without images.
+    fn stack_pixels(&self, images: &StepImages) -> Result<Option<Tensor>, ExecutorError> {
+        if images.is_empty() {
+            return Ok(None);
+        }
+        let vision =
+            self.model.vision.as_ref().ok_or_else(|| {
+                ExecutorError::InvalidBatch("the model has no vision tower".into())
+            })?;
+        vision
+            .pixels(&images.images, self.model.text.device())
+            .map(Some)
+            .map_err(ExecutorError::InvalidBatch)
+    }
+
+    /// The decoder forward, with the step's images encoded in one batched vision
+    /// forward and merged into the embeddings first.
+    fn forward(
+        &self,
+        forward: &ForwardBatch,
+        images: &StepImages,
+        pixels: Option<&Tensor>,
+        kvs: &mut [&mut SeqKv],
+    ) -> Result<Tensor, ExecutorError> {
+        let text = &self.model.text;
+        let step_err = |e: candle_core::Error| ExecutorError::Step(e.to_string());
+        let (vision, pixels) = match (&self.model.vision, pixels) {
+            (Some(v), Some(p)) => (v, p),
+            _ => return text.forward(forward, kvs).map_err(step_err),
+        };
+        let features = vision.encode(pixels).map_err(step_err)?;
+        let embeds = text.embed(&forward.token_ids).map_err(step_err)?;
+        let merged = crate::multimodal::merge_image_features(&embeds, &features, &images.starts)
+            .map_err(step_err)?;
+        text.forward_embeds(&merged, forward, kvs).map_err(step_err)
+    }
+
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), ExecutorError> {
         let vocab = self.model.config.text.vocab_size;
         match tokens.iter().find(|&&t| t as usize >= vocab) {
@@ -91,7 +132,13 @@ impl CandleExecutor {
 
 impl Executor for CandleExecutor {
     fn step(&mut self, batch: &StepBatch) -> Result<StepOutput, ExecutorError> {
-        let forward = self.prepare(&batch.seqs)?;
+        let mm = self.model.vision.as_ref().map(|v| &v.config);
+        let images = image_plan::plan(&batch.seqs, mm)?;
+        let pixels = self.stack_pixels(&images)?;
+        let mut forward = self.prepare(&batch.seqs)?;
+        for (span, groups) in forward.spans.iter_mut().zip(&images.groups) {
+            span.image_groups.clone_from(groups);
+        }
         let mut states: Vec<SeqState> = batch
             .seqs
             .iter()
@@ -99,7 +146,7 @@ impl Executor for CandleExecutor {
             .collect();
         let result = {
             let mut kvs: Vec<&mut SeqKv> = states.iter_mut().map(|s| &mut s.kv).collect();
-            self.model.text.forward(&forward, &mut kvs)
+            self.forward(&forward, &images, pixels.as_ref(), &mut kvs)
         };
         let logits = match result {
             Ok(l) => l,

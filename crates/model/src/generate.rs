@@ -2,8 +2,8 @@
 //! for the `generate` command, tests and benchmarks.
 
 use medgemma_core::{
-    Executor, ExecutorError, FinishReason, SamplingParams, ScheduledSeq, SeqId, StepBatch,
-    TokenLogprobs,
+    Executor, ExecutorError, FinishReason, ImageInput, SamplingParams, ScheduledSeq, SeqId,
+    StepBatch, TokenLogprobs,
 };
 
 /// A finished single-sequence generation.
@@ -23,6 +23,27 @@ pub fn generate(
     stop_token_ids: &[u32],
     max_new_tokens: usize,
 ) -> Result<Generation, ExecutorError> {
+    generate_with_images(
+        exec,
+        seq_id,
+        prompt,
+        &[],
+        sampling,
+        stop_token_ids,
+        max_new_tokens,
+    )
+}
+
+/// As `generate`, with the prompt's images (prefilled in one chunk with the prompt).
+pub fn generate_with_images(
+    exec: &mut dyn Executor,
+    seq_id: SeqId,
+    prompt: &[u32],
+    images: &[ImageInput],
+    sampling: &SamplingParams,
+    stop_token_ids: &[u32],
+    max_new_tokens: usize,
+) -> Result<Generation, ExecutorError> {
     let mut out = Generation {
         tokens: Vec::new(),
         logprobs: Vec::new(),
@@ -30,6 +51,7 @@ pub fn generate(
     };
     let mut next = prompt.to_vec();
     let mut pos = 0;
+    let mut images = images.to_vec();
     while out.tokens.len() < max_new_tokens {
         let seq = ScheduledSeq {
             seq_id,
@@ -37,7 +59,7 @@ pub fn generate(
             start_pos: pos,
             sample: true,
             sampling: sampling.clone(),
-            images: Vec::new(),
+            images: std::mem::take(&mut images),
         };
         pos += seq.tokens.len();
         let step = exec.step(&StepBatch { seqs: vec![seq] });

@@ -11,23 +11,28 @@ pub mod error;
 pub mod executor;
 pub mod generate;
 pub mod hub;
+pub mod image_plan;
 pub mod kv;
 pub mod mask;
 pub mod mlp;
 pub mod model;
+pub mod multimodal;
 pub mod norm;
+pub mod projector;
 pub mod rope;
 pub mod sampling;
 pub mod text;
+pub mod vision;
 pub mod weights;
 
 pub use batch::{ForwardBatch, SeqSpan};
 pub use config::{Architecture, LayerType, ModelConfig, TextConfig};
 pub use error::ModelError;
 pub use executor::CandleExecutor;
-pub use generate::{generate, Generation};
+pub use generate::{generate, generate_with_images, Generation};
 pub use kv::SeqKv;
 pub use model::Gemma3;
+pub use multimodal::VisionPart;
 
 pub use candle_core::{DType, Device};
 

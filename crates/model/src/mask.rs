@@ -68,9 +68,10 @@ impl MaskSpec<'_> {
     }
 }
 
-/// The image overlay is bounded by the sliding window too (transformers #46850).
+/// On sliding layers transformers bounds the image overlay with the same rule as
+/// the causal part, `k > q - window`, which never limits later keys of the image.
 fn in_window_bidirectional(q: usize, k: usize, window: Option<usize>) -> bool {
-    window.is_none_or(|w| q.abs_diff(k) < w)
+    window.is_none_or(|w| k + w > q)
 }
 
 #[cfg(test)]

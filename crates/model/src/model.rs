@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 
-use crate::config::ModelConfig;
+use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
+use crate::multimodal::VisionPart;
 use crate::text::TextModel;
 use crate::weights::Checkpoint;
 
@@ -22,6 +23,8 @@ const TEXT_LAYOUTS: &[(&str, &str)] = &[
 pub struct Gemma3 {
     pub config: ModelConfig,
     pub text: TextModel,
+    /// SigLIP and the projector, for Gemma3ForConditionalGeneration checkpoints.
+    pub vision: Option<VisionPart>,
 }
 
 impl Gemma3 {
@@ -42,7 +45,22 @@ impl Gemma3 {
         let vb = checkpoint.clone().var_builder(dtype, device);
         let text =
             TextModel::new(&config.text, vb.pp(prefix), Some(vb.pp(head))).map_err(load_error)?;
-        Ok(Self { config, text })
+        let vision = match (&config.multimodal, config.architecture) {
+            (Some(mm), Architecture::ConditionalGeneration) => Some(
+                VisionPart::load(mm, config.text.hidden_size, &checkpoint, &vb).map_err(
+                    |e| match e {
+                        ModelError::Candle(c) => load_error(c),
+                        other => other,
+                    },
+                )?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            config,
+            text,
+            vision,
+        })
     }
 }
 
@@ -68,8 +86,17 @@ fn text_layout(checkpoint: &Checkpoint) -> Result<(&'static str, &'static str)> 
         })
 }
 
+/// The first file of a checkpoint, for error messages.
+pub(crate) fn first_file(checkpoint: &Checkpoint) -> String {
+    checkpoint
+        .files()
+        .first()
+        .map(|f| f.display().to_string())
+        .unwrap_or_default()
+}
+
 /// candle appends a backtrace to some errors when RUST_BACKTRACE is set: keep the message.
-fn load_error(e: candle_core::Error) -> ModelError {
+pub(crate) fn load_error(e: candle_core::Error) -> ModelError {
     let msg = e.to_string();
     ModelError::Load(msg.lines().next().unwrap_or_default().to_string())
 }

@@ -11,4 +11,9 @@ pub enum PreprocessError {
     Template(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The prompt's image markers and the images given do not match.
+    #[error("the prompt has {markers} image markers but {images} images were given")]
+    ImageCount { markers: usize, images: usize },
+    #[error(transparent)]
+    Image(#[from] crate::decode::ImageError),
 }

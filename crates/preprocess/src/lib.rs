@@ -1,12 +1,23 @@
-//! Text in and out of the model: the checkpoint's tokenizer and chat template,
-//! and incremental detokenization for streaming.
+//! Text and images in, text out: the checkpoint's tokenizer and chat template,
+//! image decoding and preprocessing, prompt expansion for images, and
+//! incremental detokenization for streaming.
 
+mod bytes;
+pub mod decode;
 pub mod detok;
 pub mod error;
+pub mod pan_scan;
+pub mod prompt;
+pub mod resize;
 pub mod template;
 pub mod tokenizer;
+pub mod vision;
 
+pub use decode::{decode_rgb, ImageError, ImageLimits, Rgb8};
 pub use detok::IncrementalDetokenizer;
 pub use error::PreprocessError;
+pub use pan_scan::PanScanConfig;
+pub use prompt::ImageTokens;
 pub use template::{ChatTemplate, TemplateMessage};
 pub use tokenizer::{SpecialTokens, TextProcessor};
+pub use vision::{ImageProcessor, PixelImage};

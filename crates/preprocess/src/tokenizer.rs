@@ -128,6 +128,27 @@ impl TextProcessor {
             .map_err(|e| PreprocessError::Tokenizer(e.to_string()))
     }
 
+    /// The raw bytes of one token (OpenAI logprobs' `bytes`): byte-fallback pieces
+    /// (`<0xNN>`) and byte-level alphabets map back to their bytes, so a token
+    /// holding part of a UTF-8 character is reported exactly.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(piece) = self.tokenizer.id_to_token(id) else {
+            return Vec::new();
+        };
+        if let Some(b) = byte_fallback(&piece) {
+            return vec![b];
+        }
+        if matches!(
+            self.tokenizer.get_decoder(),
+            Some(tokenizers::DecoderWrapper::ByteLevel(_))
+        ) {
+            if let Some(bytes) = crate::bytes::byte_level_bytes(&piece) {
+                return bytes;
+            }
+        }
+        self.decode(&[id], false).unwrap_or_default().into_bytes()
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.tokenizer.token_to_id(token)
     }
@@ -172,4 +193,13 @@ fn ids_of(v: &Json) -> Vec<u32> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// `<0xNN>` pieces of SentencePiece byte fallback.
+fn byte_fallback(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
 }
