@@ -20,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Generate one chat completion for a single user message and print it to stdout.
     Generate(GenerateArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
 }
 
 /// Where the model comes from and how it runs.
@@ -61,4 +63,48 @@ pub struct GenerateArgs {
     /// Seed for sampling.
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, env = "MEDGEMMA_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one and prints it).
+    #[arg(long, env = "MEDGEMMA_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// The model name clients use; defaults to --model.
+    #[arg(long, env = "MEDGEMMA_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    /// API keys clients must send as `Authorization: Bearer <key>` (repeat, or comma-separate in the env var).
+    #[arg(
+        long = "api-key",
+        env = "MEDGEMMA_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// Longest sequence (prompt plus output); defaults to the model's max_position_embeddings.
+    #[arg(long, env = "MEDGEMMA_MAX_MODEL_LEN")]
+    pub max_model_len: Option<usize>,
+    /// Sequences running at once.
+    #[arg(long, env = "MEDGEMMA_MAX_NUM_SEQS", default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Tokens per engine step across all sequences.
+    #[arg(long, env = "MEDGEMMA_MAX_NUM_BATCHED_TOKENS", default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// Requests that may wait for a slot before new ones get 429.
+    #[arg(long, env = "MEDGEMMA_MAX_WAITING", default_value_t = 256)]
+    pub max_waiting: usize,
+    /// Default seed for requests that give none.
+    #[arg(long, env = "MEDGEMMA_SEED")]
+    pub seed: Option<u64>,
+    /// Hosts from which http(s) image URLs may be fetched (off by default).
+    #[arg(long, env = "MEDGEMMA_ALLOWED_IMAGE_HOSTS", value_delimiter = ',')]
+    pub allowed_image_hosts: Vec<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "MEDGEMMA_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
 }

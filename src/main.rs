@@ -6,6 +6,7 @@
 mod cli;
 mod generate_cmd;
 mod load;
+mod serve_cmd;
 
 use clap::Parser;
 
@@ -14,6 +15,7 @@ fn main() -> std::process::ExitCode {
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
         cli::Command::Generate(args) => generate_cmd::run(args),
+        cli::Command::Serve(args) => serve_cmd::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,275 @@
+//! POST /v1/chat/completions, plain and streamed.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream, StreamExt};
+use medgemma_protocol::chat::{
+    AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChunkChoice, Delta,
+    TokenLogprob, TopLogprob, Usage, ValidChat,
+};
+use medgemma_protocol::{unix_time, ChatCompletionRequest};
+
+use crate::error::ApiError;
+use crate::generation::{sampling_params, submit, Piece, TextStream, TokenInfo};
+use crate::prompt::{chat_prompt, max_new_tokens};
+use crate::sse::{done_event, error_event, json_event};
+use crate::state::AppState;
+
+pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let started = crate::state::prepare(&state, body, start).await;
+    let resp = match started {
+        Ok(run) if run.chat.stream => stream_response(state.clone(), run).into_response(),
+        Ok(run) => match collect(&state, run).await {
+            Ok(c) => axum::Json(c).into_response(),
+            Err(e) => e.into_response(),
+        },
+        Err(e) => e.into_response(),
+    };
+    state
+        .metrics
+        .count_request("/v1/chat/completions", resp.status().as_u16());
+    resp
+}
+
+/// A validated, submitted chat request.
+struct Run {
+    id: String,
+    chat: ValidChat,
+    streams: Vec<TextStream>,
+    prompt_tokens: usize,
+}
+
+fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
+    let req: ChatCompletionRequest = medgemma_protocol::parse_request(body)?;
+    state.check_model(req.model.as_deref())?;
+    let chat = req.validate()?;
+    let engine = state.engine()?;
+    let prompt = chat_prompt(&chat, state, engine)?;
+    let prompt_tokens = prompt.token_ids.len();
+    let max_new = max_new_tokens(prompt_tokens, chat.sampling.max_tokens, engine)?;
+    let id = state.request_id("chatcmpl");
+    let mut streams = Vec::with_capacity(chat.sampling.n);
+    for i in 0..chat.sampling.n {
+        let params = sampling_params(&chat.sampling, engine, state, i, chat.logprobs)?;
+        let events = submit(engine, &id, prompt.clone(), params, &chat.sampling, max_new)?;
+        streams.push(TextStream::new(
+            events,
+            engine.text.clone(),
+            chat.sampling.stop.clone(),
+        ));
+    }
+    tracing::info!(request_id = %id, prompt_tokens, n = chat.sampling.n, stream = chat.stream, "chat completion accepted");
+    Ok(Run {
+        id,
+        chat,
+        streams,
+        prompt_tokens,
+    })
+}
+
+pub fn chat_logprobs(tokens: &[TokenInfo], stream: &TextStream) -> ChatLogprobs {
+    ChatLogprobs {
+        content: tokens
+            .iter()
+            .map(|t| TokenLogprob {
+                token: t.text.clone(),
+                logprob: t.logprobs.logprob,
+                bytes: t.bytes.clone(),
+                top_logprobs: t
+                    .logprobs
+                    .top
+                    .iter()
+                    .map(|&(id, lp)| {
+                        let token = stream.token_text(id);
+                        TopLogprob {
+                            bytes: token.as_bytes().to_vec(),
+                            token,
+                            logprob: lp,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+async fn collect(state: &AppState, run: Run) -> Result<ChatCompletion, ApiError> {
+    let mut choices = Vec::with_capacity(run.streams.len());
+    let mut completion_tokens = 0;
+    for (index, mut s) in run.streams.into_iter().enumerate() {
+        let mut text = String::new();
+        let mut logprobs = ChatLogprobs::default();
+        let finish = loop {
+            let piece = s.next(state).await?;
+            text.push_str(&piece.text);
+            logprobs
+                .content
+                .extend(chat_logprobs(&piece.tokens, &s).content);
+            if let Some(f) = piece.finish {
+                break f;
+            }
+        };
+        completion_tokens += s.completion_tokens();
+        state
+            .metrics
+            .request_latency
+            .observe(s.started.elapsed().as_secs_f64());
+        choices.push(ChatChoice {
+            index,
+            message: AssistantMessage {
+                role: "assistant",
+                content: text,
+            },
+            logprobs: run.chat.logprobs.map(|_| logprobs),
+            finish_reason: Some(finish.as_str().to_string()),
+        });
+    }
+    tracing::info!(request_id = %run.id, prompt_tokens = run.prompt_tokens, completion_tokens, "chat completion done");
+    Ok(ChatCompletion {
+        id: run.id,
+        object: "chat.completion",
+        created: unix_time(),
+        model: state.model_name.clone(),
+        choices,
+        usage: Usage::new(run.prompt_tokens, completion_tokens),
+        system_fingerprint: None,
+    })
+}
+
+/// Per-choice streaming state.
+struct ChoiceStream {
+    state: Arc<AppState>,
+    stream: TextStream,
+    index: usize,
+    id: String,
+    created: u64,
+    logprobs: bool,
+    sent_role: bool,
+    done: bool,
+    total: Arc<Mutex<usize>>,
+}
+
+impl ChoiceStream {
+    fn chunk(
+        &self,
+        delta: Delta,
+        logprobs: Option<ChatLogprobs>,
+        finish: Option<String>,
+    ) -> ChatChunk {
+        ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.state.model_name.clone(),
+            choices: vec![ChunkChoice {
+                index: self.index,
+                delta,
+                logprobs,
+                finish_reason: finish,
+            }],
+            usage: None,
+        }
+    }
+
+    async fn next_event(mut self) -> Option<(Event, Self)> {
+        if self.done {
+            return None;
+        }
+        if !self.sent_role {
+            self.sent_role = true;
+            let delta = Delta {
+                role: Some("assistant"),
+                content: Some(String::new()),
+            };
+            return Some((json_event(&self.chunk(delta, None, None)), self));
+        }
+        loop {
+            let piece: Piece = match self.stream.next(&self.state).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.done = true;
+                    return Some((error_event(&e), self));
+                }
+            };
+            let finish = piece.finish.map(|f| f.as_str().to_string());
+            if piece.text.is_empty() && piece.tokens.is_empty() && finish.is_none() {
+                continue;
+            }
+            let logprobs = self
+                .logprobs
+                .then(|| chat_logprobs(&piece.tokens, &self.stream));
+            if finish.is_some() {
+                self.done = true;
+                if let Ok(mut t) = self.total.lock() {
+                    *t += self.stream.completion_tokens();
+                }
+                self.state
+                    .metrics
+                    .request_latency
+                    .observe(self.stream.started.elapsed().as_secs_f64());
+            }
+            let content = (!piece.text.is_empty()).then_some(piece.text);
+            let chunk = self.chunk(
+                Delta {
+                    role: None,
+                    content,
+                },
+                logprobs,
+                finish,
+            );
+            return Some((json_event(&chunk), self));
+        }
+    }
+}
+
+fn stream_response(
+    state: Arc<AppState>,
+    run: Run,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let created = unix_time();
+    let total = Arc::new(Mutex::new(0usize));
+    let choices: Vec<_> = run
+        .streams
+        .into_iter()
+        .enumerate()
+        .map(|(index, stream)| {
+            let c = ChoiceStream {
+                state: state.clone(),
+                stream,
+                index,
+                id: run.id.clone(),
+                created,
+                logprobs: run.chat.logprobs.is_some(),
+                sent_role: false,
+                done: false,
+                total: total.clone(),
+            };
+            stream::unfold(c, ChoiceStream::next_event).boxed()
+        })
+        .collect();
+    let usage = run.chat.include_usage.then(|| {
+        let (id, model, prompt_tokens) =
+            (run.id.clone(), state.model_name.clone(), run.prompt_tokens);
+        stream::once(async move {
+            let completion = total.lock().map(|t| *t).unwrap_or(0);
+            json_event(&ChatChunk {
+                id,
+                object: "chat.completion.chunk",
+                created,
+                model,
+                choices: vec![],
+                usage: Some(Usage::new(prompt_tokens, completion)),
+            })
+        })
+    });
+    let events = stream::select_all(choices)
+        .chain(stream::iter(usage).flatten())
+        .chain(stream::once(async { done_event() }))
+        .map(Ok);
+    Sse::new(events).keep_alive(KeepAlive::default())
+}

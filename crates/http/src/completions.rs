@@ -1,0 +1,268 @@
+//! POST /v1/completions: raw prompts (text or token ids), plain and streamed.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream, StreamExt};
+use medgemma_core::Prompt;
+use medgemma_protocol::chat::Usage;
+use medgemma_protocol::completion::{
+    Completion, CompletionChoice, CompletionLogprobs, OnePrompt, ValidCompletion,
+};
+use medgemma_protocol::{unix_time, CompletionRequest};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::generation::{sampling_params, submit, TextStream, TokenInfo};
+use crate::prompt::max_new_tokens;
+use crate::sse::{done_event, error_event, json_event};
+use crate::state::{AppState, Engine};
+
+pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let started = crate::state::prepare(&state, body, start).await;
+    let resp = match started {
+        Ok(run) if run.req.stream => stream_response(state.clone(), run).into_response(),
+        Ok(run) => match collect(&state, run).await {
+            Ok(c) => axum::Json(c).into_response(),
+            Err(e) => e.into_response(),
+        },
+        Err(e) => e.into_response(),
+    };
+    state
+        .metrics
+        .count_request("/v1/completions", resp.status().as_u16());
+    resp
+}
+
+struct Choice {
+    stream: TextStream,
+    echo: String,
+}
+
+struct Run {
+    id: String,
+    req: ValidCompletion,
+    choices: Vec<Choice>,
+    prompt_tokens: usize,
+}
+
+fn prompt_ids(p: &OnePrompt, engine: &Engine) -> Result<Vec<u32>, ApiError> {
+    match p {
+        OnePrompt::Text(t) => Ok(engine.text.encode_with(t, true)?),
+        OnePrompt::Ids(ids) => match ids.iter().find(|&&i| i as usize >= engine.vocab_size) {
+            Some(bad) => Err(ApiError::bad_request(
+                format!("prompt token {bad} is outside the vocabulary"),
+                Some("prompt"),
+            )),
+            None => Ok(ids.clone()),
+        },
+    }
+}
+
+fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
+    let req: CompletionRequest = medgemma_protocol::parse_request(body)?;
+    state.check_model(req.model.as_deref())?;
+    let req = req.validate()?;
+    let engine = state.engine()?;
+    let id = state.request_id("cmpl");
+    let mut choices = Vec::new();
+    let mut prompt_tokens = 0;
+    let requested = req.sampling.max_tokens.or(Some(
+        medgemma_protocol::completion::DEFAULT_COMPLETION_TOKENS,
+    ));
+    for p in &req.prompts {
+        let ids = prompt_ids(p, engine)?;
+        let max_new = max_new_tokens(ids.len(), requested, engine).map_err(|mut e| {
+            if e.param.as_deref() == Some("messages") {
+                e.param = Some("prompt".into());
+            }
+            e
+        })?;
+        prompt_tokens += ids.len();
+        let echo = if req.echo {
+            engine.text.decode(&ids, true)?
+        } else {
+            String::new()
+        };
+        for i in 0..req.sampling.n {
+            let params = sampling_params(&req.sampling, engine, state, i, req.logprobs)?;
+            let prompt = Prompt {
+                token_ids: ids.clone(),
+                images: Vec::new(),
+            };
+            let events = submit(engine, &id, prompt, params, &req.sampling, max_new)?;
+            let stream = TextStream::new(events, engine.text.clone(), req.sampling.stop.clone());
+            choices.push(Choice {
+                stream,
+                echo: echo.clone(),
+            });
+        }
+    }
+    Ok(Run {
+        id,
+        req,
+        choices,
+        prompt_tokens,
+    })
+}
+
+fn legacy_logprobs(tokens: &[TokenInfo], stream: &TextStream, offset: usize) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    let mut pos = offset;
+    for t in tokens {
+        out.tokens.push(t.text.clone());
+        out.token_logprobs.push(Some(t.logprobs.logprob));
+        let top: Map<String, Value> = t
+            .logprobs
+            .top
+            .iter()
+            .map(|&(id, lp)| (stream.token_text(id), Value::from(lp as f64)))
+            .collect();
+        out.top_logprobs.push(Some(top));
+        out.text_offset.push(pos);
+        pos += t.text.len();
+    }
+    out
+}
+
+async fn collect(state: &AppState, run: Run) -> Result<Completion, ApiError> {
+    let mut choices = Vec::new();
+    let mut completion_tokens = 0;
+    for (index, mut c) in run.choices.into_iter().enumerate() {
+        let mut text = c.echo.clone();
+        let mut tokens = Vec::new();
+        let finish = loop {
+            let piece = c.stream.next(state).await?;
+            text.push_str(&piece.text);
+            tokens.extend(piece.tokens);
+            if let Some(f) = piece.finish {
+                break f;
+            }
+        };
+        completion_tokens += c.stream.completion_tokens();
+        choices.push(CompletionChoice {
+            index,
+            logprobs: run
+                .req
+                .logprobs
+                .map(|_| legacy_logprobs(&tokens, &c.stream, c.echo.len())),
+            text,
+            finish_reason: Some(finish.as_str().to_string()),
+        });
+    }
+    Ok(Completion {
+        id: run.id,
+        object: "text_completion",
+        created: unix_time(),
+        model: state.model_name.clone(),
+        choices,
+        usage: Some(Usage::new(run.prompt_tokens, completion_tokens)),
+    })
+}
+
+fn chunk(
+    state: &AppState,
+    id: &str,
+    created: u64,
+    index: usize,
+    text: String,
+    lp: Option<CompletionLogprobs>,
+    finish: Option<String>,
+) -> Completion {
+    Completion {
+        id: id.to_string(),
+        object: "text_completion",
+        created,
+        model: state.model_name.clone(),
+        choices: vec![CompletionChoice {
+            index,
+            text,
+            logprobs: lp,
+            finish_reason: finish,
+        }],
+        usage: None,
+    }
+}
+
+fn stream_response(
+    state: Arc<AppState>,
+    run: Run,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let created = unix_time();
+    let total = Arc::new(Mutex::new(0usize));
+    let want_lp = run.req.logprobs.is_some();
+    let choices: Vec<_> = run
+        .choices
+        .into_iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let (state, id, total) = (state.clone(), run.id.clone(), total.clone());
+            let init = (c, false, false);
+            stream::unfold(init, move |(mut c, echoed, done)| {
+                let (state, id, total) = (state.clone(), id.clone(), total.clone());
+                async move {
+                    if done {
+                        return None;
+                    }
+                    if !echoed && !c.echo.is_empty() {
+                        let e = json_event(&chunk(
+                            &state,
+                            &id,
+                            created,
+                            index,
+                            c.echo.clone(),
+                            None,
+                            None,
+                        ));
+                        return Some((e, (c, true, false)));
+                    }
+                    loop {
+                        let piece = match c.stream.next(&state).await {
+                            Ok(p) => p,
+                            Err(e) => return Some((error_event(&e), (c, true, true))),
+                        };
+                        let finish = piece.finish.map(|f| f.as_str().to_string());
+                        if piece.text.is_empty() && piece.tokens.is_empty() && finish.is_none() {
+                            continue;
+                        }
+                        if finish.is_some() {
+                            if let Ok(mut t) = total.lock() {
+                                *t += c.stream.completion_tokens();
+                            }
+                        }
+                        let lp = want_lp.then(|| legacy_logprobs(&piece.tokens, &c.stream, 0));
+                        let done = finish.is_some();
+                        let e =
+                            json_event(&chunk(&state, &id, created, index, piece.text, lp, finish));
+                        return Some((e, (c, true, done)));
+                    }
+                }
+            })
+            .boxed()
+        })
+        .collect();
+    let usage = run.req.include_usage.then(|| {
+        let (id, model, prompt_tokens) =
+            (run.id.clone(), state.model_name.clone(), run.prompt_tokens);
+        stream::once(async move {
+            let completion = total.lock().map(|t| *t).unwrap_or(0);
+            json_event(&Completion {
+                id,
+                object: "text_completion",
+                created,
+                model,
+                choices: vec![],
+                usage: Some(Usage::new(prompt_tokens, completion)),
+            })
+        })
+    });
+    let events = stream::select_all(choices)
+        .chain(stream::iter(usage).flatten())
+        .chain(stream::once(async { done_event() }))
+        .map(Ok);
+    Sse::new(events).keep_alive(KeepAlive::default())
+}

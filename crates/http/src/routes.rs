@@ -1,0 +1,119 @@
+//! The small routes: models, tokenize, detokenize, health, readiness, metrics.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use medgemma_protocol::tokenize::{
+    DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse,
+};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::prompt::template_messages;
+use crate::state::AppState;
+
+pub async fn models(State(state): State<Arc<AppState>>) -> Response {
+    let created = medgemma_protocol::unix_time();
+    let max_model_len = state.engine.get().map(|e| e.max_model_len);
+    axum::Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.model_name,
+            "object": "model",
+            "created": created,
+            "owned_by": "medgemma-server",
+            "max_model_len": max_model_len,
+        }]
+    }))
+    .into_response()
+}
+
+pub async fn health() -> Response {
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+}
+
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    match state.engine.get() {
+        Some(_) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response(),
+        None => ApiError::not_ready().into_response(),
+    }
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let stats = state.engine.get().map(|e| e.scheduler.stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(stats),
+    )
+        .into_response()
+}
+
+pub async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let result = (|| -> Result<TokenizeResponse, ApiError> {
+        let req: TokenizeRequest = medgemma_protocol::parse(&body)?;
+        state.check_model(req.model.as_deref())?;
+        let engine = state.engine()?;
+        let tokens = match (req.prompt, req.messages) {
+            (Some(p), None) => engine
+                .text
+                .encode_with(&p, req.add_special_tokens.unwrap_or(true))?,
+            (None, Some(m)) => {
+                let valid = medgemma_protocol::validate_messages(&m)?;
+                let (msgs, _) = template_messages(&valid, &state)?;
+                let rendered = engine
+                    .text
+                    .render_chat(&msgs, req.add_generation_prompt.unwrap_or(true))?;
+                engine.text.encode(&rendered)?
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give either 'prompt' or 'messages'",
+                    Some("prompt"),
+                ))
+            }
+        };
+        Ok(TokenizeResponse {
+            count: tokens.len(),
+            tokens,
+            max_model_len: engine.max_model_len,
+        })
+    })();
+    respond(&state, "/tokenize", result)
+}
+
+pub async fn detokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let result = (|| -> Result<DetokenizeResponse, ApiError> {
+        let req: DetokenizeRequest = medgemma_protocol::parse(&body)?;
+        state.check_model(req.model.as_deref())?;
+        let engine = state.engine()?;
+        if let Some(bad) = req
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= engine.vocab_size)
+        {
+            return Err(ApiError::bad_request(
+                format!("token {bad} is outside the vocabulary"),
+                Some("tokens"),
+            ));
+        }
+        Ok(DetokenizeResponse {
+            prompt: engine.text.decode(&req.tokens, false)?,
+        })
+    })();
+    respond(&state, "/detokenize", result)
+}
+
+fn respond<T: serde::Serialize>(state: &AppState, route: &str, r: Result<T, ApiError>) -> Response {
+    let resp = match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    };
+    state.metrics.count_request(route, resp.status().as_u16());
+    resp
+}

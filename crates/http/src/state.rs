@@ -1,0 +1,126 @@
+//! What every handler shares.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use medgemma_preprocess::TextProcessor;
+use medgemma_scheduler::SchedulerHandle;
+
+use crate::error::ApiError;
+use crate::images::ImageSettings;
+use crate::metrics::Metrics;
+
+/// Sampling defaults from the checkpoint's generation_config.json, used where a
+/// request leaves a field out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingDefaults {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub max_tokens: Option<usize>,
+}
+
+impl Default for SamplingDefaults {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_tokens: None,
+        }
+    }
+}
+
+/// The loaded model, set once loading ends.
+pub struct Engine {
+    pub scheduler: SchedulerHandle,
+    pub text: Arc<TextProcessor>,
+    pub vocab_size: usize,
+    pub max_model_len: usize,
+    pub defaults: SamplingDefaults,
+    /// Turns images into model inputs; `None` for a text-only model.
+    pub vision: Option<Arc<dyn crate::images::ImagePreprocessor>>,
+}
+
+pub struct AppState {
+    pub model_name: String,
+    pub engine: OnceLock<Engine>,
+    pub metrics: Metrics,
+    pub api_keys: Vec<String>,
+    pub images: ImageSettings,
+    /// Seed for requests that give none, when the operator set one.
+    pub seed: Option<u64>,
+    ids: AtomicU64,
+    started: u64,
+}
+
+impl AppState {
+    pub fn new(
+        model_name: String,
+        api_keys: Vec<String>,
+        images: ImageSettings,
+        seed: Option<u64>,
+    ) -> Arc<Self> {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Arc::new(Self {
+            model_name,
+            engine: OnceLock::new(),
+            metrics: Metrics::default(),
+            api_keys,
+            images,
+            seed,
+            ids: AtomicU64::new(0),
+            started,
+        })
+    }
+
+    pub fn engine(&self) -> Result<&Engine, ApiError> {
+        self.engine.get().ok_or_else(ApiError::not_ready)
+    }
+
+    /// A fresh request id with the given prefix (`chatcmpl`, `cmpl`).
+    pub fn request_id(&self, prefix: &str) -> String {
+        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{:x}{:06x}", self.started & 0xffff_ffff, n)
+    }
+
+    /// Checks the requested model name against the served one.
+    pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            None => Ok(()),
+            Some(m) if m == self.model_name => Ok(()),
+            Some(m) => Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                format!(
+                    "the model '{m}' does not exist; this server serves '{}'",
+                    self.model_name
+                ),
+            )
+            .with_code("model_not_found")),
+        }
+    }
+}
+
+/// Runs request preparation (templates, image decoding, tokenization: CPU work)
+/// on a blocking thread, off the async workers.
+pub async fn prepare<T, F>(
+    state: &Arc<AppState>,
+    body: axum::body::Bytes,
+    f: F,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&AppState, &[u8]) -> Result<T, ApiError> + Send + 'static,
+{
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || f(&st, &body))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ApiError::internal(format!(
+                "request preparation failed: {e}"
+            )))
+        })
+}

@@ -1,0 +1,35 @@
+//! Counters the engine keeps and the HTTP layer exports as metrics.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    /// Sequences whose KV state the executor holds.
+    pub active_kv_sequences: AtomicUsize,
+    pub steps: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub failed: AtomicU64,
+    pub finished: AtomicU64,
+}
+
+impl SchedulerStats {
+    pub fn get(v: &AtomicUsize) -> usize {
+        v.load(Ordering::Relaxed)
+    }
+
+    pub fn count(v: &AtomicU64) -> u64 {
+        v.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(v: &AtomicU64, n: u64) {
+        v.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set(v: &AtomicUsize, n: usize) {
+        v.store(n, Ordering::Relaxed);
+    }
+}

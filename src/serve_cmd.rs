@@ -1,0 +1,147 @@
+//! `medgemma-server serve`: binds the port at once (so /health answers while the
+//! model loads), loads the model on a thread, then starts the engine.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use medgemma_core::Executor;
+use medgemma_http::{AppState, CheckpointImages, Engine, HttpLimits, ImageSettings};
+use medgemma_scheduler::{SchedulerConfig, SchedulerHandle};
+
+use crate::cli::ServeArgs;
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve(args));
+    // A model still loading must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let name = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| args.model.model.clone());
+    let images = ImageSettings {
+        allowed_hosts: args.allowed_image_hosts.clone(),
+        ..ImageSettings::default()
+    };
+    let api_keys: Vec<String> = args
+        .api_keys
+        .iter()
+        .filter(|k| !k.is_empty())
+        .cloned()
+        .collect();
+    let state = AppState::new(name, api_keys, images, args.seed);
+    let limits = HttpLimits {
+        max_body_bytes: args.max_body_bytes,
+    };
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    // One line on stdout that scripts and tests can wait for.
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, "listening");
+    let mut loader = spawn_loader(args, state.clone());
+    let app = medgemma_http::router(state.clone(), &limits);
+    let server = std::future::IntoFuture::into_future(
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()),
+    );
+    tokio::pin!(server);
+    let mut loading = true;
+    loop {
+        tokio::select! {
+            r = &mut server => {
+                r.context("serving HTTP")?;
+                break;
+            }
+            r = &mut loader, if loading => {
+                r.context("model loader")??;
+                loading = false;
+            }
+        }
+    }
+    if let Some(engine) = state.engine.get() {
+        engine.scheduler.shutdown();
+    }
+    Ok(())
+}
+
+/// Loads the model off the async runtime; an error ends the server.
+fn spawn_loader(args: ServeArgs, state: Arc<AppState>) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::task::spawn_blocking(move || {
+        let loaded = crate::load::load(&args.model)?;
+        let model_len = loaded.executor.kv_layout().max_seq_len;
+        let max_model_len = args.max_model_len.unwrap_or(model_len).min(model_len);
+        let vocab_size = loaded.executor.model().config.text.vocab_size;
+        let config = SchedulerConfig {
+            max_num_seqs: args.max_num_seqs.max(1),
+            max_waiting: args.max_waiting,
+            max_num_batched_tokens: args.max_num_batched_tokens.max(1),
+            max_model_len,
+        };
+        let text = Arc::new(loaded.text);
+        let vision = match loaded.executor.model().config.multimodal {
+            Some(_) => Some(checkpoint_images(&loaded.dir, &text)?),
+            None => None,
+        };
+        let executor = loaded.executor;
+        let scheduler = SchedulerHandle::spawn(config, move || executor);
+        let engine = Engine {
+            scheduler,
+            text,
+            vocab_size,
+            max_model_len,
+            defaults: loaded.defaults,
+            vision,
+        };
+        if state.engine.set(engine).is_err() {
+            anyhow::bail!("the engine was set twice");
+        }
+        tracing::info!(max_model_len, "model ready");
+        Ok(())
+    })
+}
+
+/// The image side of a multimodal checkpoint.
+fn checkpoint_images(
+    dir: &std::path::Path,
+    text: &Arc<medgemma_preprocess::TextProcessor>,
+) -> Result<Arc<dyn medgemma_http::ImagePreprocessor>> {
+    let processor = medgemma_preprocess::ImageProcessor::load(dir)
+        .context("reading preprocessor_config.json")?;
+    let tokens =
+        medgemma_preprocess::ImageTokens::load(dir, text).context("reading the image tokens")?;
+    Ok(Arc::new(CheckpointImages {
+        processor,
+        tokens,
+        text: text.clone(),
+    }))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

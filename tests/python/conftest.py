@@ -1,0 +1,56 @@
+"""Starts the real medgemma-server binary on the tiny checkpoint for the client tests."""
+import json
+import os
+import pathlib
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def binary():
+    path = os.environ.get("MEDGEMMA_BIN")
+    if not path:
+        raise RuntimeError("MEDGEMMA_BIN must name the medgemma-server binary (the Rust test sets it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def goldens():
+    return json.loads((FIXTURES / "tiny-gemma3" / "goldens.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def server():
+    proc = subprocess.Popen(
+        [binary(), "serve", "--model", str(FIXTURES / "tiny-gemma3"), "--port", "0",
+         "--served-model-name", "medgemma-tiny", "--api-key", "test-key"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    line = proc.stdout.readline().strip()
+    assert line.startswith("listening on "), line
+    base = line.removeprefix("listening on ")
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/ready") as r:
+                if r.status == 200:
+                    break
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server + "/v1", api_key="test-key", max_retries=0)

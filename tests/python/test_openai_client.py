@@ -1,0 +1,119 @@
+"""The official openai Python client against medgemma-server."""
+import openai
+import pytest
+
+MODEL = "medgemma-tiny"
+
+
+def natural(goldens, name):
+    p = goldens["prompts"][name]
+    n = len(p["natural"]["ids"])
+    max_tokens = n + 3 if p["natural"]["finish_reason"] == "stop" else n
+    return p, max_tokens
+
+
+def test_chat_greedy_equals_golden_text(client, goldens):
+    for name in ("short", "system_multi_turn", "non_ascii"):
+        p, max_tokens = natural(goldens, name)
+        r = client.chat.completions.create(model=MODEL, messages=p["messages"], temperature=0, max_tokens=max_tokens)
+        assert r.choices[0].finish_reason == p["natural"]["finish_reason"], name
+        if "<" not in p["natural"]["text"]:
+            assert r.choices[0].message.content == p["natural"]["text"], name
+        assert r.usage.prompt_tokens == len(p["input_ids"])
+
+
+def test_streamed_chat_deltas_equal_the_plain_answer(client, goldens):
+    p, max_tokens = natural(goldens, "long_past_window")
+    plain = client.chat.completions.create(model=MODEL, messages=p["messages"], temperature=0, max_tokens=max_tokens)
+    stream = client.chat.completions.create(model=MODEL, messages=p["messages"], temperature=0, max_tokens=max_tokens,
+                                            stream=True, stream_options={"include_usage": True})
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    assert text == plain.choices[0].message.content
+    assert finish == plain.choices[0].finish_reason
+    assert usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_logprobs_match_transformers(client, goldens):
+    p = goldens["prompts"]["short"]
+    r = client.chat.completions.create(model=MODEL, messages=p["messages"], temperature=0, max_tokens=3,
+                                       logprobs=True, top_logprobs=5)
+    content = r.choices[0].logprobs.content
+    assert len(content) == 3
+    for step, entry in enumerate(content):
+        assert len(entry.top_logprobs) == 5
+        assert abs(entry.logprob - p["greedy_top5"][step][0][1]) < 1e-4
+
+
+def test_n_and_seeded_sampling(client):
+    msgs = [{"role": "user", "content": "Describe the lesion."}]
+    r = client.chat.completions.create(model=MODEL, messages=msgs, n=2, max_tokens=8, temperature=1.0, seed=11)
+    assert [c.index for c in r.choices] == [0, 1]
+    again = client.chat.completions.create(model=MODEL, messages=msgs, n=2, max_tokens=8, temperature=1.0, seed=11)
+    assert [c.message.content for c in r.choices] == [c.message.content for c in again.choices]
+
+
+def test_stop_strings_are_not_emitted(client, goldens):
+    p, _ = natural(goldens, "short")
+    text = p["natural"]["text"]
+    stop = text[8:11]
+    r = client.chat.completions.create(model=MODEL, messages=p["messages"], temperature=0, max_tokens=40, stop=[stop])
+    assert r.choices[0].message.content == text[: text.index(stop)]
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_completions_plain_and_streamed(client):
+    r = client.completions.create(model=MODEL, prompt="Chest X-ray shows", max_tokens=6, temperature=0)
+    assert r.choices[0].finish_reason == "length"
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt="Chest X-ray shows", max_tokens=6, temperature=0, stream=True) if c.choices)
+    assert streamed == r.choices[0].text
+
+
+def test_models_and_errors(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], temperature=5)
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+
+
+def test_wrong_key_is_refused(server):
+    from openai import OpenAI
+
+    bad = OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_images_as_data_urls(client):
+    import base64
+    import json
+    import pathlib
+
+    fixtures = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
+    g = json.loads((fixtures / "tiny-gemma3" / "image_goldens.json").read_text())
+    p = g["prompts"]["two_images"]
+    files = iter(p["images"])
+    content = []
+    for part in p["messages"][0]["content"]:
+        if part["type"] == "image":
+            data = base64.b64encode((fixtures / "images" / next(files)).read_bytes()).decode()
+            content.append({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}})
+        else:
+            content.append(part)
+    bias = {str(i): -100 for i in g["eos_suppressed_in_greedy"]}
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}],
+                                       temperature=0, max_tokens=4, logprobs=True, top_logprobs=1, logit_bias=bias)
+    assert r.usage.prompt_tokens == len(p["input_ids"])
+    for step, entry in enumerate(r.choices[0].logprobs.content):
+        assert abs(entry.logprob - p["greedy_top5"][step][0][1]) < 1e-3
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}]}])
