@@ -183,6 +183,15 @@ fn malformed_requests_get_openai_errors_and_the_server_stays_healthy() {
             }
         }
     }
+    let alternating = json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "assistant", "content": "c"}]});
+    let (_, resp) = server.post("/v1/chat/completions", &alternating);
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("messages[3]"),
+        "{resp}"
+    );
     let (status, _) = server.get("/health");
     assert_eq!(status, 200);
     let (status, resp) = server.post(

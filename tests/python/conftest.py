@@ -13,9 +13,10 @@ FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def binary():
-    path = os.environ.get("MEDGEMMA_BIN")
-    if not path:
-        raise RuntimeError("MEDGEMMA_BIN must name the medgemma-server binary (the Rust test sets it)")
+    """MEDGEMMA_BIN, else the binary `cargo test` builds."""
+    path = os.environ.get("MEDGEMMA_BIN") or str(ROOT / "target" / "debug" / "medgemma-server")
+    if not os.path.exists(path):
+        raise RuntimeError(f"no medgemma-server binary at {path}: run cargo test (or cargo build) first")
     return path
 
 

@@ -91,23 +91,37 @@ impl ChatTemplate {
     }
 
     /// Renders the conversation, with the generation prompt appended when asked.
+    /// A template error names the first message at which the conversation fails
+    /// (found by rendering ever longer prefixes), so a client knows what to fix.
     pub fn render(
         &self,
         messages: &[TemplateMessage],
         add_generation_prompt: bool,
     ) -> Result<String, PreprocessError> {
-        let tmpl = self
-            .env
-            .get_template(NAME)
-            .map_err(|e| PreprocessError::Template(e.to_string()))?;
+        self.render_raw(messages, add_generation_prompt)
+            .map_err(|msg| {
+                let at =
+                    (1..=messages.len()).find(|&k| self.render_raw(&messages[..k], false).is_err());
+                match at {
+                    Some(k) => PreprocessError::Template(format!("messages[{}]: {msg}", k - 1)),
+                    None => PreprocessError::Template(msg),
+                }
+            })
+    }
+
+    fn render_raw(
+        &self,
+        messages: &[TemplateMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
+        let tmpl = self.env.get_template(NAME).map_err(|e| e.to_string())?;
         let ctx = minijinja::context! {
             messages => Value::from_serialize(messages),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         };
-        tmpl.render(ctx)
-            .map_err(|e| PreprocessError::Template(describe(&e)))
+        tmpl.render(ctx).map_err(|e| describe(&e))
     }
 }
 
@@ -186,6 +200,7 @@ mod tests {
         ];
         let err = template().render(&msgs, true).unwrap_err().to_string();
         assert!(err.contains("Conversation roles must alternate"), "{err}");
+        assert!(err.contains("messages[1]"), "names the message: {err}");
     }
 
     #[test]
