@@ -12,6 +12,9 @@ pub struct Cli {
     /// Log filter for stderr (e.g. info, debug, medgemma=trace).
     #[arg(long, global = true, env = "MEDGEMMA_LOG")]
     pub log_level: Option<String>,
+    /// A TOML configuration file (see config/default.toml); flags and env vars override it.
+    #[arg(long, global = true, env = "MEDGEMMA_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -22,6 +25,15 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// Show the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective `serve` configuration (secrets redacted) and where each value came from.
+    Print(ServeArgs),
 }
 
 /// Where the model comes from and how it runs.

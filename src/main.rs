@@ -4,18 +4,39 @@
 //! place that names the candle executor.
 
 mod cli;
+mod config;
 mod generate_cmd;
 mod load;
 mod serve_cmd;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = match config::command_with_file(cli::Cli::command(), &args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let matches = command.clone().get_matches_from(&args);
+    let cli = match cli::Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
         cli::Command::Generate(args) => generate_cmd::run(args),
         cli::Command::Serve(args) => serve_cmd::run(args),
+        cli::Command::Config(cli::ConfigCommand::Print(_)) => {
+            let sub = matches.subcommand_matches("config").and_then(|m| m.subcommand_matches("print"));
+            let print = command.find_subcommand("config").and_then(|c| c.find_subcommand("print"));
+            if let (Some(m), Some(c)) = (sub, print) {
+                print!("{}", config::render_effective(m, c));
+            }
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
