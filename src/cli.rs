@@ -116,6 +116,18 @@ pub struct ServeArgs {
     /// Hosts from which http(s) image URLs may be fetched (off by default).
     #[arg(long, env = "MEDGEMMA_ALLOWED_IMAGE_HOSTS", value_delimiter = ',')]
     pub allowed_image_hosts: Vec<String>,
+    /// Seconds in-flight requests may run on after SIGTERM/SIGINT before they are ended.
+    #[arg(long, env = "MEDGEMMA_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+    /// Allowed CORS origins (off unless set; `*` allows any).
+    #[arg(long, env = "MEDGEMMA_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// A file of API keys, one per line (blank lines and `#` comments ignored).
+    #[arg(long, env = "MEDGEMMA_API_KEY_FILE")]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Append one JSON line per request (who, what, when; never content) to this file.
+    #[arg(long, env = "MEDGEMMA_AUDIT_LOG")]
+    pub audit_log: Option<std::path::PathBuf>,
     /// Largest request body in bytes.
     #[arg(long, env = "MEDGEMMA_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -61,7 +61,9 @@ fn scalar(key: &str, v: &toml::Value) -> Result<String> {
 /// Makes the file's values the defaults of the flags of the subcommand at `path`
 /// (`["serve"]`, `["generate"]` or `["config", "print"]`).
 fn apply(cmd: Command, path: &[&str], pairs: &[(String, String)]) -> Result<Command> {
-    let target = path.iter().try_fold(&cmd, |c, name| c.find_subcommand(name));
+    let target = path
+        .iter()
+        .try_fold(&cmd, |c, name| c.find_subcommand(name));
     let Some(sub) = target else { return Ok(cmd) };
     let mut defaults = Vec::new();
     for (key, value) in pairs {
@@ -69,10 +71,20 @@ fn apply(cmd: Command, path: &[&str], pairs: &[(String, String)]) -> Result<Comm
         let arg = sub
             .get_arguments()
             .find(|a| a.get_long() == Some(norm.as_str()))
-            .ok_or_else(|| anyhow!("unknown config key '{key}' (no --{norm} flag for {})", path.join(" ")))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "unknown config key '{key}' (no --{norm} flag for {})",
+                    path.join(" ")
+                )
+            })?;
         defaults.push((arg.get_id().clone(), value.clone()));
     }
-    let _ = FROM_FILE.set(defaults.iter().map(|(id, _)| id.as_str().to_string()).collect());
+    let _ = FROM_FILE.set(
+        defaults
+            .iter()
+            .map(|(id, _)| id.as_str().to_string())
+            .collect(),
+    );
     let set = |sc: Command| {
         defaults.iter().fold(sc, |sc, (id, value)| {
             let value: &'static str = Box::leak(value.clone().into_boxed_str());
@@ -88,10 +100,14 @@ fn apply(cmd: Command, path: &[&str], pairs: &[(String, String)]) -> Result<Comm
 
 /// The command line with the config file's values as defaults.
 pub fn command_with_file(cmd: Command, args: &[OsString]) -> Result<Command> {
-    let Some(path) = config_path(args) else { return Ok(cmd) };
+    let Some(path) = config_path(args) else {
+        return Ok(cmd);
+    };
     let shown = path.to_string_lossy().into_owned();
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {shown}"))?;
-    let table: toml::Table = toml::from_str(&text).with_context(|| format!("config file {shown}"))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading config file {shown}"))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("config file {shown}"))?;
     let mut pairs = Vec::new();
     flatten(&table, &mut pairs)?;
     pairs.retain(|(k, _)| k != "config" && k != "log_level" && k != "log-level");
@@ -99,8 +115,16 @@ pub fn command_with_file(cmd: Command, args: &[OsString]) -> Result<Command> {
 }
 
 fn subcommand_path(args: &[OsString]) -> Vec<&'static str> {
-    let words: Vec<String> = args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
-    match words.iter().find(|w| !w.starts_with('-')).map(String::as_str) {
+    let words: Vec<String> = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    match words
+        .iter()
+        .find(|w| !w.starts_with('-'))
+        .map(String::as_str)
+    {
         Some("generate") => vec!["generate"],
         Some("config") => vec!["config", "print"],
         _ => vec!["serve"],
@@ -110,7 +134,8 @@ fn subcommand_path(args: &[OsString]) -> Vec<&'static str> {
 /// The effective configuration as TOML, each value with where it came from;
 /// secrets redacted.
 pub fn render_effective(matches: &ArgMatches, cmd: &Command) -> String {
-    let mut out = String::from("# medgemma-server effective configuration (flag > env > file > default)\n");
+    let mut out =
+        String::from("# medgemma-server effective configuration (flag > env > file > default)\n");
     for arg in cmd.get_arguments() {
         let id = arg.get_id().as_str();
         let Some(long) = arg.get_long() else { continue };
@@ -120,7 +145,11 @@ pub fn render_effective(matches: &ArgMatches, cmd: &Command) -> String {
         let source = match matches.value_source(id) {
             Some(ValueSource::CommandLine) => "flag",
             Some(ValueSource::EnvVariable) => "env",
-            Some(ValueSource::DefaultValue) if FROM_FILE.get().is_some_and(|f| f.iter().any(|x| x == id)) => "file",
+            Some(ValueSource::DefaultValue)
+                if FROM_FILE.get().is_some_and(|f| f.iter().any(|x| x == id)) =>
+            {
+                "file"
+            }
             Some(ValueSource::DefaultValue) => "default",
             _ => "unset",
         };
@@ -129,16 +158,33 @@ pub fn render_effective(matches: &ArgMatches, cmd: &Command) -> String {
             .map(|v| v.map(|x| x.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         let shown = if SECRETS.contains(&id) && !values.is_empty() {
-            format!("[{}]", values.iter().map(|_| "\"<redacted>\"").collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                values
+                    .iter()
+                    .map(|_| "\"<redacted>\"")
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         } else if values.len() > 1 || arg.get_value_delimiter().is_some() {
-            format!("[{}]", values.iter().map(|v| toml_str(v)).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                values
+                    .iter()
+                    .map(|v| toml_str(v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         } else if let Some(v) = values.first() {
             toml_str(v)
         } else {
             out.push_str(&format!("# {long} is unset\n"));
             continue;
         };
-        out.push_str(&format!("{} = {shown}  # {source}\n", long.replace('-', "_")));
+        out.push_str(&format!(
+            "{} = {shown}  # {source}\n",
+            long.replace('-', "_")
+        ));
     }
     out
 }

@@ -30,8 +30,12 @@ fn main() -> std::process::ExitCode {
         cli::Command::Generate(args) => generate_cmd::run(args),
         cli::Command::Serve(args) => serve_cmd::run(args),
         cli::Command::Config(cli::ConfigCommand::Print(_)) => {
-            let sub = matches.subcommand_matches("config").and_then(|m| m.subcommand_matches("print"));
-            let print = command.find_subcommand("config").and_then(|c| c.find_subcommand("print"));
+            let sub = matches
+                .subcommand_matches("config")
+                .and_then(|m| m.subcommand_matches("print"));
+            let print = command
+                .find_subcommand("config")
+                .and_then(|c| c.find_subcommand("print"));
             if let (Some(m), Some(c)) = (sub, print) {
                 print!("{}", config::render_effective(m, c));
             }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use medgemma_core::Executor;
-use medgemma_http::{AppState, CheckpointImages, Engine, HttpLimits, ImageSettings};
+use medgemma_http::access::AuditLog;
+use medgemma_http::{AppState, CheckpointImages, Engine, HttpLimits, ImageSettings, StateOptions};
 use medgemma_scheduler::{SchedulerConfig, SchedulerHandle};
 
 use crate::cli::ServeArgs;
@@ -30,13 +31,29 @@ async fn serve(args: ServeArgs) -> Result<()> {
         allowed_hosts: args.allowed_image_hosts.clone(),
         ..ImageSettings::default()
     };
-    let api_keys: Vec<String> = args
+    let mut api_keys: Vec<String> = args
         .api_keys
         .iter()
         .filter(|k| !k.is_empty())
         .cloned()
         .collect();
-    let state = AppState::new(name, api_keys, images, args.seed);
+    if let Some(path) = &args.api_key_file {
+        api_keys.extend(read_key_file(path)?);
+    }
+    let audit = match &args.audit_log {
+        Some(p) => Some(
+            AuditLog::open(p).with_context(|| format!("opening the audit log {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let options = StateOptions {
+        api_keys,
+        images,
+        seed: args.seed,
+        audit,
+        cors_origins: args.cors_origins.clone(),
+    };
+    let state = AppState::new(name, options);
     let limits = HttpLimits {
         max_body_bytes: args.max_body_bytes,
     };
@@ -47,10 +64,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // One line on stdout that scripts and tests can wait for.
     println!("listening on http://{addr}");
     tracing::info!(%addr, "listening");
+    let grace = std::time::Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
     let mut loader = spawn_loader(args, state.clone());
     let app = medgemma_http::router(state.clone(), &limits);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    tokio::spawn(end_after_grace(stop_rx, state.clone(), grace));
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = std::future::IntoFuture::into_future(
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()),
+        axum::serve(listener, app).with_graceful_shutdown(signal),
     );
     tokio::pin!(server);
     let mut loading = true;
@@ -122,6 +147,39 @@ fn checkpoint_images(
         tokens,
         text: text.clone(),
     }))
+}
+
+/// API keys from a file: one per line, blank lines and `#` comments ignored.
+fn read_key_file(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the API key file {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect())
+}
+
+/// After a stop signal, in-flight requests have `grace` to finish; then the engine
+/// ends the rest, each with a clear error, and the server can exit.
+async fn end_after_grace(
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    state: Arc<AppState>,
+    grace: std::time::Duration,
+) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        return;
+    }
+    tracing::info!(
+        grace_s = grace.as_secs_f64(),
+        "stopping: no new connections; in-flight requests may finish"
+    );
+    tokio::time::sleep(grace).await;
+    if let Some(engine) = state.engine.get() {
+        tracing::info!("grace period over: ending the remaining requests");
+        engine.scheduler.abort_all();
+    }
 }
 
 async fn shutdown_signal() {

@@ -14,11 +14,17 @@ fn print(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         c.env(k, v);
     }
     let out = c.output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn line<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or_else(|| panic!("no {key} in {out}"))
+    out.lines()
+        .find(|l| l.starts_with(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
 }
 
 #[test]
@@ -27,7 +33,10 @@ fn flag_beats_env_beats_file_beats_default() {
     let file = dir.path().join("c.toml");
     std::fs::write(&file, "model = \"m\"\n[server]\nport = 9001\nhost = \"0.0.0.0\"\nmax_body_bytes = 5\napi_key = [\"sekret-1\"]\n").unwrap();
     let f = file.to_str().unwrap();
-    let (ok, out, err) = print(&["--config", f, "--host", "10.1.1.1"], &[("MEDGEMMA_PORT", "9002")]);
+    let (ok, out, err) = print(
+        &["--config", f, "--host", "10.1.1.1"],
+        &[("MEDGEMMA_PORT", "9002")],
+    );
     assert!(ok, "{err}");
     assert_eq!(line(&out, "host"), "host = \"10.1.1.1\"  # flag");
     assert_eq!(line(&out, "port"), "port = 9002  # env");
@@ -58,11 +67,19 @@ fn default_toml_documents_every_serve_flag_and_is_accepted() {
     let text = std::fs::read_to_string(&path).unwrap();
     let help = String::from_utf8(bin().args(["serve", "--help"]).output().unwrap().stdout).unwrap();
     for flag in help.split_whitespace().filter_map(|w| w.strip_prefix("--")) {
-        let key = flag.trim_end_matches(',').split(['=', '<', ' ']).next().unwrap().replace('-', "_");
+        let key = flag
+            .trim_end_matches(',')
+            .split(['=', '<', ' '])
+            .next()
+            .unwrap()
+            .replace('-', "_");
         if ["help", "version", "config", "log_level"].contains(&key.as_str()) {
             continue;
         }
-        assert!(text.contains(&format!("{key} =")), "config/default.toml does not document {key}");
+        assert!(
+            text.contains(&format!("{key} =")),
+            "config/default.toml does not document {key}"
+        );
     }
     let (ok, out, err) = print(&["--config", path.to_str().unwrap(), "--model", "m"], &[]);
     assert!(ok, "{err}");

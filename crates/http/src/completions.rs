@@ -16,6 +16,7 @@ use medgemma_protocol::completion::{
 use medgemma_protocol::{unix_time, CompletionRequest};
 use serde_json::{Map, Value};
 
+use crate::access::{with_counts, TokenCounts};
 use crate::error::ApiError;
 use crate::generation::{sampling_params, submit, TextStream, TokenInfo};
 use crate::prompt::max_new_tokens;
@@ -25,11 +26,29 @@ use crate::state::{AppState, Engine};
 pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = crate::state::prepare(&state, body, start).await;
     let resp = match started {
-        Ok(run) if run.req.stream => stream_response(state.clone(), run).into_response(),
-        Ok(run) => match collect(&state, run).await {
-            Ok(c) => axum::Json(c).into_response(),
-            Err(e) => e.into_response(),
-        },
+        Ok(run) if run.req.stream => {
+            let counts = TokenCounts {
+                prompt_tokens: run.prompt_tokens,
+                completion_tokens: None,
+            };
+            with_counts(stream_response(state.clone(), run).into_response(), counts)
+        }
+        Ok(run) => {
+            let prompt_tokens = run.prompt_tokens;
+            match collect(&state, run).await {
+                Ok(c) => {
+                    let completion_tokens = c.usage.map(|u| u.completion_tokens);
+                    with_counts(
+                        axum::Json(c).into_response(),
+                        TokenCounts {
+                            prompt_tokens,
+                            completion_tokens,
+                        },
+                    )
+                }
+                Err(e) => e.into_response(),
+            }
+        }
         Err(e) => e.into_response(),
     };
     state

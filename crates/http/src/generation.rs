@@ -142,6 +142,17 @@ impl TextStream {
                     .collect();
                 Ok(self.release(delta, false, tokens))
             }
+            Some(TokenEvent::Finished {
+                reason: FinishReason::Cancelled,
+                ..
+            }) => {
+                self.events = None;
+                Err(ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "the server is shutting down; this request was ended before it finished",
+                )
+                .with_code("server_shutdown"))
+            }
             Some(TokenEvent::Finished { reason, .. }) => {
                 let rest = self.detok.finish(&self.text)?;
                 let mut piece = self.release(rest, true, Vec::new());

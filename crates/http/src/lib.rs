@@ -1,6 +1,7 @@
 //! The axum HTTP layer: OpenAI-compatible routes, SSE, error mapping, auth, limits
 //! and metrics. It never sees candle: the model is behind the scheduler handle.
 
+pub mod access;
 pub mod auth;
 pub mod chat;
 pub mod completions;
@@ -21,7 +22,7 @@ use axum::Router;
 
 pub use error::ApiError;
 pub use images::{CheckpointImages, ImagePreprocessor, ImageSettings};
-pub use state::{AppState, Engine, SamplingDefaults};
+pub use state::{AppState, Engine, SamplingDefaults, StateOptions};
 
 /// Limits of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -54,7 +55,12 @@ pub fn router(state: Arc<AppState>, limits: &HttpLimits) -> Router {
             auth::require_key,
         ))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(cors(&state.cors_origins))
         .layer(axum::middleware::from_fn(error::openai_shaped_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::log_request,
+        ))
         .with_state(state)
 }
 
@@ -63,4 +69,22 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
         axum::http::StatusCode::NOT_FOUND,
         format!("no route {}", uri.path()),
     )
+}
+
+/// CORS: off unless origins are configured (`*` allows any origin).
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
 }

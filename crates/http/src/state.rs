@@ -50,17 +50,32 @@ pub struct AppState {
     pub images: ImageSettings,
     /// Seed for requests that give none, when the operator set one.
     pub seed: Option<u64>,
+    pub audit: Option<crate::access::AuditLog>,
+    /// Origins allowed by CORS; empty: CORS is off.
+    pub cors_origins: Vec<String>,
     ids: AtomicU64,
     started: u64,
 }
 
+/// Operator settings of the HTTP layer.
+#[derive(Default)]
+pub struct StateOptions {
+    pub api_keys: Vec<String>,
+    pub images: ImageSettings,
+    pub seed: Option<u64>,
+    pub audit: Option<crate::access::AuditLog>,
+    pub cors_origins: Vec<String>,
+}
+
 impl AppState {
-    pub fn new(
-        model_name: String,
-        api_keys: Vec<String>,
-        images: ImageSettings,
-        seed: Option<u64>,
-    ) -> Arc<Self> {
+    pub fn new(model_name: String, options: StateOptions) -> Arc<Self> {
+        let StateOptions {
+            api_keys,
+            images,
+            seed,
+            audit,
+            cors_origins,
+        } = options;
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -72,9 +87,20 @@ impl AppState {
             api_keys,
             images,
             seed,
+            audit,
+            cors_origins,
             ids: AtomicU64::new(0),
             started,
         })
+    }
+
+    /// The key id of a request's valid API key, if it sent one.
+    pub fn key_id(&self, headers: &axum::http::HeaderMap) -> Option<crate::access::KeyId> {
+        let given = crate::auth::bearer(headers)?;
+        self.api_keys
+            .iter()
+            .find(|k| crate::auth::constant_time_eq(given.as_bytes(), k.as_bytes()))
+            .map(|k| crate::access::KeyId::of(k))
     }
 
     pub fn engine(&self) -> Result<&Engine, ApiError> {

@@ -142,9 +142,15 @@ impl SchedulerHandle {
         &self.config
     }
 
-    /// Asks the engine to finish: running and waiting requests end as cancelled.
-    pub fn shutdown(&self) {
+    /// Ends every running and waiting request (as cancelled) without waiting.
+    pub fn abort_all(&self) {
         let _ = self.tx.send(Incoming::Shutdown);
+    }
+
+    /// Asks the engine to finish: running and waiting requests end as cancelled;
+    /// returns when the engine thread has stopped.
+    pub fn shutdown(&self) {
+        self.abort_all();
         if let Ok(mut t) = self.thread.lock() {
             if let Some(t) = t.take() {
                 let _ = t.join();

@@ -1,0 +1,166 @@
+//! Who called what, when: one log line per request and an optional audit file of
+//! JSON lines. Both carry the request id, a key id (never the key), the route,
+//! status, latency and token counts, and never any request or response content.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::Serialize;
+
+use crate::state::AppState;
+
+/// An API key's public name: a hash prefix, stable across restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyId(pub String);
+
+impl KeyId {
+    pub fn of(key: &str) -> Self {
+        // FNV-1a: enough to tell keys apart in logs, says nothing about the key.
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        Self(format!("key-{:08x}", hash >> 32))
+    }
+}
+
+/// Token counts a handler attaches to its response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenCounts {
+    pub prompt_tokens: usize,
+    pub completion_tokens: Option<usize>,
+}
+
+/// Attaches token counts to a response for the access log.
+pub fn with_counts(mut resp: Response, counts: TokenCounts) -> Response {
+    resp.extensions_mut().insert(counts);
+    resp
+}
+
+/// The append-only audit file.
+pub struct AuditLog {
+    file: Mutex<std::fs::File>,
+}
+
+impl AuditLog {
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self {
+            file: Mutex::new(file),
+        })
+    }
+
+    fn write(&self, entry: &AuditEntry) {
+        let Ok(mut line) = serde_json::to_vec(entry) else {
+            return;
+        };
+        line.push(b'\n');
+        if let Ok(mut f) = self.file.lock() {
+            if let Err(e) = f.write_all(&line) {
+                tracing::error!(error = %e, "could not write the audit log");
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AuditEntry<'a> {
+    time: f64,
+    request_id: &'a str,
+    key_id: Option<&'a str>,
+    client: Option<String>,
+    method: &'a str,
+    route: &'a str,
+    status: u16,
+    latency_ms: f64,
+    prompt_tokens: Option<usize>,
+    completion_tokens: Option<usize>,
+}
+
+const ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/tokenize",
+    "/detokenize",
+    "/health",
+    "/ready",
+    "/metrics",
+];
+
+/// A bounded route label (unknown paths are "other": no unbounded label sets).
+pub fn route_label(path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("other")
+}
+
+fn request_id(req: &Request, state: &AppState) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .map(String::from)
+        .unwrap_or_else(|| state.request_id("req"))
+}
+
+pub async fn log_request(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(&req, &state);
+    let method = req.method().to_string();
+    let route = route_label(req.uri().path());
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let key = state.key_id(req.headers());
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let counts = resp.extensions().get::<TokenCounts>().copied();
+    let status = resp.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(
+        request_id = %id,
+        key_id = key.as_ref().map(|k| k.0.as_str()),
+        method = %method,
+        route,
+        status,
+        latency_ms,
+        prompt_tokens = counts.map(|c| c.prompt_tokens),
+        completion_tokens = counts.and_then(|c| c.completion_tokens),
+        "request"
+    );
+    if let Some(audit) = &state.audit {
+        audit.write(&AuditEntry {
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            request_id: &id,
+            key_id: key.as_ref().map(|k| k.0.as_str()),
+            client,
+            method: &method,
+            route,
+            status,
+            latency_ms,
+            prompt_tokens: counts.map(|c| c.prompt_tokens),
+            completion_tokens: counts.and_then(|c| c.completion_tokens),
+        });
+    }
+    resp
+}
