@@ -128,6 +128,12 @@ pub struct ServeArgs {
     /// Append one JSON line per request (who, what, when; never content) to this file.
     #[arg(long, env = "MEDGEMMA_AUDIT_LOG")]
     pub audit_log: Option<std::path::PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --ssl-keyfile).
+    #[arg(long, env = "MEDGEMMA_SSL_CERTFILE")]
+    pub ssl_certfile: Option<std::path::PathBuf>,
+    /// The PEM private key of --ssl-certfile.
+    #[arg(long, env = "MEDGEMMA_SSL_KEYFILE")]
+    pub ssl_keyfile: Option<std::path::PathBuf>,
     /// Largest request body in bytes.
     #[arg(long, env = "MEDGEMMA_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use medgemma_core::Executor;
-use medgemma_http::access::AuditLog;
+use medgemma_http::access::{AuditLog, ClientAddr};
 use medgemma_http::{AppState, CheckpointImages, Engine, HttpLimits, ImageSettings, StateOptions};
 use medgemma_scheduler::{SchedulerConfig, SchedulerHandle};
 
@@ -61,9 +61,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
+    let tls = match (&args.ssl_certfile, &args.ssl_keyfile) {
+        (Some(cert), Some(key)) => Some(medgemma_http::tls::server_config(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--ssl-certfile and --ssl-keyfile go together"),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // One line on stdout that scripts and tests can wait for.
-    println!("listening on http://{addr}");
-    tracing::info!(%addr, "listening");
+    println!("listening on {scheme}://{addr}");
+    tracing::info!(%addr, scheme, "listening");
     let grace = std::time::Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
     let mut loader = spawn_loader(args, state.clone());
     let app = medgemma_http::router(state.clone(), &limits);
@@ -73,7 +79,36 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let _ = stop_tx.send(true);
     };
     tokio::spawn(end_after_grace(stop_rx, state.clone(), grace));
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    match tls {
+        Some(config) => {
+            serve_on(
+                medgemma_http::tls::TlsListener::new(listener, config)?,
+                app,
+                signal,
+                &mut loader,
+            )
+            .await?
+        }
+        None => serve_on(listener, app, signal, &mut loader).await?,
+    }
+    if let Some(engine) = state.engine.get() {
+        engine.scheduler.shutdown();
+    }
+    Ok(())
+}
+
+/// Serves until the stop signal (then lets connections drain); a loader error ends it.
+async fn serve_on<L>(
+    listener: L,
+    app: axum::Router,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+    loader: &mut tokio::task::JoinHandle<Result<()>>,
+) -> Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    ClientAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let app = app.into_make_service_with_connect_info::<ClientAddr>();
     let server = std::future::IntoFuture::into_future(
         axum::serve(listener, app).with_graceful_shutdown(signal),
     );
@@ -81,20 +116,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut loading = true;
     loop {
         tokio::select! {
-            r = &mut server => {
-                r.context("serving HTTP")?;
-                break;
-            }
-            r = &mut loader, if loading => {
+            r = &mut server => return r.context("serving HTTP"),
+            r = &mut *loader, if loading => {
                 r.context("model loader")??;
                 loading = false;
             }
         }
     }
-    if let Some(engine) = state.engine.get() {
-        engine.scheduler.shutdown();
-    }
-    Ok(())
 }
 
 /// Loads the model off the async runtime; an error ends the server.

@@ -320,3 +320,70 @@ fn past_the_grace_period_streams_end_with_a_clear_error() {
     }
     assert!(wait_exit(&mut server, Duration::from_secs(10)).success());
 }
+
+/// HTTPS with a certificate generated for the test: curl completes the handshake
+/// and trusts it through the generated CA; plain HTTP on the TLS port fails.
+#[test]
+fn tls_handshake_with_a_generated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let server = Server::start(
+        "tiny-gemma3",
+        &[
+            "--ssl-certfile",
+            cert_path.to_str().unwrap(),
+            "--ssl-keyfile",
+            key_path.to_str().unwrap(),
+        ],
+    );
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let url = format!("https://localhost:{port}/health");
+    let start = Instant::now();
+    let out = loop {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--cacert",
+                cert_path.to_str().unwrap(),
+                "--resolve",
+                &format!("localhost:{port}:127.0.0.1"),
+                &url,
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() || start.elapsed() > Duration::from_secs(20) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["status"],
+        "ok"
+    );
+    let untrusted = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            &url,
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !untrusted.status.success(),
+        "an unknown CA is refused by the client"
+    );
+    let plain = ureq::get(&format!("http://127.0.0.1:{port}/health"))
+        .timeout(Duration::from_secs(5))
+        .call();
+    assert!(plain.is_err(), "plain HTTP is not served on the TLS port");
+}

@@ -65,7 +65,9 @@ impl Server {
             stderr_path,
             _dir: dir,
         };
-        s.wait_ready();
+        if s.base.starts_with("http://") {
+            s.wait_ready();
+        }
         s
     }
 
