@@ -128,6 +128,9 @@ pub struct ServeArgs {
     /// Append one JSON line per request (who, what, when; never content) to this file.
     #[arg(long, env = "MEDGEMMA_AUDIT_LOG")]
     pub audit_log: Option<std::path::PathBuf>,
+    /// Seconds a generation may run before it is ended with a 504 (0: no limit).
+    #[arg(long, env = "MEDGEMMA_REQUEST_TIMEOUT", default_value_t = 600.0)]
+    pub request_timeout: f64,
     /// Serve HTTPS with this PEM certificate chain (with --ssl-keyfile).
     #[arg(long, env = "MEDGEMMA_SSL_CERTFILE")]
     pub ssl_certfile: Option<std::path::PathBuf>,

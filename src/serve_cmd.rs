@@ -52,6 +52,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         seed: args.seed,
         audit,
         cors_origins: args.cors_origins.clone(),
+        request_timeout: (args.request_timeout > 0.0)
+            .then(|| std::time::Duration::from_secs_f64(args.request_timeout)),
     };
     let state = AppState::new(name, options);
     let limits = HttpLimits {

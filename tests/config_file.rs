@@ -66,13 +66,20 @@ fn default_toml_documents_every_serve_flag_and_is_accepted() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let help = String::from_utf8(bin().args(["serve", "--help"]).output().unwrap().stdout).unwrap();
-    for flag in help.split_whitespace().filter_map(|w| w.strip_prefix("--")) {
-        let key = flag
-            .trim_end_matches(',')
-            .split(['=', '<', ' '])
-            .next()
-            .unwrap()
-            .replace('-', "_");
+    // Flag definitions: help lines that begin with `--name` or `-x, --name`.
+    let flags = help.lines().filter_map(|l| {
+        let l = l.trim_start();
+        let l = l
+            .split_once(", ")
+            .filter(|(short, _)| short.len() == 2 && short.starts_with('-'))
+            .map_or(l, |x| x.1);
+        l.strip_prefix("--")
+            .and_then(|r| r.split([' ', '=', '<']).next())
+    });
+    let flags: Vec<&str> = flags.collect();
+    assert!(flags.len() > 20, "serve --help lists its flags: {flags:?}");
+    for flag in flags {
+        let key = flag.replace('-', "_");
         if ["help", "version", "config", "log_level"].contains(&key.as_str()) {
             continue;
         }

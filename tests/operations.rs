@@ -387,3 +387,20 @@ fn tls_handshake_with_a_generated_certificate() {
         .call();
     assert!(plain.is_err(), "plain HTTP is not served on the TLS port");
 }
+
+#[test]
+fn a_request_past_the_time_limit_gets_a_504_and_is_freed() {
+    let server = Server::start("tiny-gemma3", &["--request-timeout", "0.2"]);
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1000, "ignore_eos": true});
+    let (status, resp) = server.post("/v1/chat/completions", &body);
+    assert_eq!(status, 504, "{resp}");
+    assert_error_shape(&resp, "504");
+    let start = Instant::now();
+    while server.metric("medgemma_running_sequences") != 0.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the timed-out sequence was never freed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

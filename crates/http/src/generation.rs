@@ -131,7 +131,27 @@ impl TextStream {
                 ..Piece::default()
             });
         };
-        match events.next().await {
+        let event = match state.request_timeout {
+            Some(limit) => {
+                match tokio::time::timeout_at((self.started + limit).into(), events.next()).await {
+                    Ok(e) => e,
+                    Err(_) => {
+                        // Dropping the stream cancels the sequence in the engine.
+                        self.events = None;
+                        return Err(ApiError::new(
+                            axum::http::StatusCode::GATEWAY_TIMEOUT,
+                            format!(
+                                "the request ran past the server's limit of {} s",
+                                limit.as_secs_f64()
+                            ),
+                        )
+                        .with_code("timeout"));
+                    }
+                }
+            }
+            None => events.next().await,
+        };
+        match event {
             Some(TokenEvent::Token { id, logprobs }) => {
                 self.observe_timing(state);
                 self.generated += 1;

@@ -53,6 +53,8 @@ pub struct AppState {
     pub audit: Option<crate::access::AuditLog>,
     /// Origins allowed by CORS; empty: CORS is off.
     pub cors_origins: Vec<String>,
+    /// Longest a generation may run.
+    pub request_timeout: Option<std::time::Duration>,
     ids: AtomicU64,
     started: u64,
 }
@@ -65,6 +67,7 @@ pub struct StateOptions {
     pub seed: Option<u64>,
     pub audit: Option<crate::access::AuditLog>,
     pub cors_origins: Vec<String>,
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 impl AppState {
@@ -75,6 +78,7 @@ impl AppState {
             seed,
             audit,
             cors_origins,
+            request_timeout,
         } = options;
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -89,6 +93,7 @@ impl AppState {
             seed,
             audit,
             cors_origins,
+            request_timeout,
             ids: AtomicU64::new(0),
             started,
         })
