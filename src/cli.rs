@@ -45,6 +45,9 @@ pub struct ModelArgs {
     /// Hub revision (branch, tag or commit) when --model is a hub id.
     #[arg(long, env = "MEDGEMMA_REVISION")]
     pub revision: Option<String>,
+    /// Check the checkpoint's files against the manifest written at download (offline use).
+    #[arg(long, env = "MEDGEMMA_VERIFY")]
+    pub verify: bool,
     /// Compute dtype: f32, f16, bf16 or auto (f32 on CPU).
     #[arg(long, env = "MEDGEMMA_DTYPE", default_value = "auto")]
     pub dtype: String,

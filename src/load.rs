@@ -33,7 +33,7 @@ pub fn dtype(name: &str, device: &Device) -> Result<DType> {
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let device = device(&args.device)?;
     let dtype = dtype(&args.dtype, &device)?;
-    let dir = medgemma_model::hub::resolve(&args.model, args.revision.as_deref())?;
+    let dir = medgemma_model::hub::resolve(&args.model, args.revision.as_deref(), args.verify)?;
     tracing::info!(model = %dir.display(), ?dtype, "loading checkpoint");
     let model = Gemma3::load(&dir, dtype, &device)?;
     let text = TextProcessor::load(&dir, &model.config.eos_token_ids)

@@ -167,3 +167,62 @@ fn offline_hub_id_not_in_cache_is_clear() {
         "{stderr}"
     );
 }
+
+/// A hub id served from the local cache with HF_HUB_OFFLINE=1, checked against
+/// the manifest written at download (`--verify`).
+#[test]
+fn offline_cache_with_verify_checks_the_manifest() {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--google--medgemma-4b-it");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(fixture("tiny-gemma3")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::copy(&p, snap.join(&name)).unwrap();
+        files.push(name);
+    }
+    let run = || {
+        bin()
+            .args([
+                "generate",
+                "--model",
+                "google/medgemma-4b-it",
+                "--verify",
+                "--prompt",
+                "Hi",
+                "--max-tokens",
+                "3",
+            ])
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HUB_CACHE", cache.path())
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no manifest"));
+    medgemma_model::verify::write_manifest(&snap, &files).unwrap();
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut bytes = std::fs::read(snap.join("model.safetensors")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(snap.join("model.safetensors"), bytes).unwrap();
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("model.safetensors")
+            && stderr.contains("manifest"),
+        "{stderr}"
+    );
+}

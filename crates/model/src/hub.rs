@@ -22,8 +22,19 @@ const SIDE_FILES: &[&str] = &[
     "special_tokens_map.json",
 ];
 
-/// Returns a local folder holding the checkpoint `source` names.
-pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf> {
+/// Returns a local folder holding the checkpoint `source` names. Downloads are
+/// checked against the hub's hashes; with `verify`, a local or cached checkpoint
+/// is checked against the manifest written at download.
+pub fn resolve(source: &str, revision: Option<&str>, verify: bool) -> Result<PathBuf> {
+    let dir = locate(source, revision)?;
+    if verify {
+        let n = crate::verify::verify_manifest(&dir)?;
+        tracing::info!(files = n, "checkpoint files match their manifest");
+    }
+    Ok(dir)
+}
+
+fn locate(source: &str, revision: Option<&str>) -> Result<PathBuf> {
     let path = Path::new(source);
     if path.is_dir() {
         return Ok(path.to_path_buf());
@@ -44,6 +55,36 @@ pub fn resolve(source: &str, revision: Option<&str>) -> Result<PathBuf> {
         return from_cache(source, &repo);
     }
     download(source, repo)
+}
+
+fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into())
+}
+
+/// The hub's hashes of every file at this revision.
+fn hub_hashes(
+    source: &str,
+    revision: &str,
+    token: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, crate::verify::HubHashes>> {
+    let url = format!(
+        "{}/api/models/{source}/revision/{revision}?blobs=true",
+        endpoint()
+    );
+    let mut req = ureq::get(&url).timeout(std::time::Duration::from_secs(30));
+    if let Some(t) = token {
+        req = req.set("authorization", &format!("Bearer {t}"));
+    }
+    let err = |msg: String| ModelError::Hub {
+        source_name: source.into(),
+        msg,
+    };
+    let info: serde_json::Value = req
+        .call()
+        .map_err(|e| err(format!("reading the file hashes from the hub: {e}")))?
+        .into_json()
+        .map_err(|e| err(format!("the hub's file list is unreadable: {e}")))?;
+    Ok(crate::verify::parse_hub_hashes(&info))
 }
 
 fn offline() -> bool {
@@ -83,27 +124,43 @@ fn download(source: &str, repo: Repo) -> Result<PathBuf> {
         .with_progress(true)
         .build()
         .map_err(|e| hub_err(source, e, token.is_some()))?;
+    let revision = repo.revision().to_string();
     let repo = api.repo(repo);
-    let config = repo
-        .get("config.json")
-        .map_err(|e| hub_err(source, e, token.is_some()))?;
-    for f in SIDE_FILES {
-        // Optional files: a missing one is normal.
-        let _ = repo.get(f);
-    }
+    let fetch = |name: &str| {
+        repo.get(name)
+            .map_err(|e| hub_err(source, e, token.is_some()))
+    };
+    let config = fetch("config.json")?;
+    let mut files = vec!["config.json".to_string()];
+    // Optional files: a missing one is normal.
+    files.extend(
+        SIDE_FILES
+            .iter()
+            .filter(|f| repo.get(f).is_ok())
+            .map(|f| f.to_string()),
+    );
     match repo.get("model.safetensors.index.json") {
         Ok(index) => {
+            files.push("model.safetensors.index.json".into());
             for name in crate::weights::shard_names(&index)? {
-                repo.get(&name)
-                    .map_err(|e| hub_err(source, e, token.is_some()))?;
+                fetch(&name)?;
+                files.push(name);
             }
         }
         Err(_) => {
-            repo.get("model.safetensors")
-                .map_err(|e| hub_err(source, e, token.is_some()))?;
+            fetch("model.safetensors")?;
+            files.push("model.safetensors".into());
         }
     }
-    parent(source, &config)
+    let dir = parent(source, &config)?;
+    let hashes = hub_hashes(source, &revision, token.as_deref())?;
+    crate::verify::verify_against_hub(&dir, &files, &hashes)?;
+    crate::verify::write_manifest(&dir, &files)?;
+    tracing::info!(
+        files = files.len(),
+        "downloaded files match the hub's hashes"
+    );
+    Ok(dir)
 }
 
 fn hub_err(source: &str, e: hf_hub::api::sync::ApiError, has_token: bool) -> ModelError {

@@ -22,6 +22,7 @@ pub mod projector;
 pub mod rope;
 pub mod sampling;
 pub mod text;
+pub mod verify;
 pub mod vision;
 pub mod weights;
 
