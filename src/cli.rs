@@ -140,6 +140,15 @@ pub struct ServeArgs {
     /// The PEM private key of --ssl-certfile.
     #[arg(long, env = "MEDGEMMA_SSL_KEYFILE")]
     pub ssl_keyfile: Option<std::path::PathBuf>,
+    /// Largest encoded image accepted, in bytes.
+    #[arg(long, env = "MEDGEMMA_MAX_IMAGE_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_image_bytes: usize,
+    /// Largest image accepted, in pixels (checked from the header, before decoding).
+    #[arg(long, env = "MEDGEMMA_MAX_IMAGE_PIXELS", default_value_t = 50_000_000)]
+    pub max_image_pixels: u64,
+    /// Pan-and-scan crops for every image (requests may still set do_pan_and_scan).
+    #[arg(long, env = "MEDGEMMA_PAN_AND_SCAN")]
+    pub pan_and_scan: bool,
     /// Largest request body in bytes.
     #[arg(long, env = "MEDGEMMA_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,

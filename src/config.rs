@@ -110,8 +110,18 @@ pub fn command_with_file(cmd: Command, args: &[OsString]) -> Result<Command> {
         toml::from_str(&text).with_context(|| format!("config file {shown}"))?;
     let mut pairs = Vec::new();
     flatten(&table, &mut pairs)?;
-    pairs.retain(|(k, _)| k != "config" && k != "log_level" && k != "log-level");
-    apply(cmd, &subcommand_path(args), &pairs).with_context(|| format!("config file {shown}"))
+    pairs.retain(|(k, _)| k != "config");
+    // The log level is a global flag: its file value is the root command's default.
+    let (global, pairs): (Vec<_>, Vec<_>) = pairs
+        .into_iter()
+        .partition(|(k, _)| k == "log_level" || k == "log-level");
+    let mut cmd = apply(cmd, &subcommand_path(args), &pairs)
+        .with_context(|| format!("config file {shown}"))?;
+    if let Some((_, level)) = global.into_iter().last() {
+        let level: &'static str = Box::leak(level.into_boxed_str());
+        cmd = cmd.mut_arg("log_level", |a| a.default_value(level));
+    }
+    Ok(cmd)
 }
 
 fn subcommand_path(args: &[OsString]) -> Vec<&'static str> {

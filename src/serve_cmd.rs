@@ -29,6 +29,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .unwrap_or_else(|| args.model.model.clone());
     let images = ImageSettings {
         allowed_hosts: args.allowed_image_hosts.clone(),
+        max_bytes: args.max_image_bytes,
         ..ImageSettings::default()
     };
     let mut api_keys: Vec<String> = args
@@ -142,7 +143,7 @@ fn spawn_loader(args: ServeArgs, state: Arc<AppState>) -> tokio::task::JoinHandl
         };
         let text = Arc::new(loaded.text);
         let vision = match loaded.executor.model().config.multimodal {
-            Some(_) => Some(checkpoint_images(&loaded.dir, &text)?),
+            Some(_) => Some(checkpoint_images(&loaded.dir, &text, &args)?),
             None => None,
         };
         let executor = loaded.executor;
@@ -167,9 +168,17 @@ fn spawn_loader(args: ServeArgs, state: Arc<AppState>) -> tokio::task::JoinHandl
 fn checkpoint_images(
     dir: &std::path::Path,
     text: &Arc<medgemma_preprocess::TextProcessor>,
+    args: &ServeArgs,
 ) -> Result<Arc<dyn medgemma_http::ImagePreprocessor>> {
-    let processor = medgemma_preprocess::ImageProcessor::load(dir)
+    let mut processor = medgemma_preprocess::ImageProcessor::load(dir)
         .context("reading preprocessor_config.json")?;
+    processor.limits = medgemma_preprocess::ImageLimits {
+        max_bytes: args.max_image_bytes,
+        max_pixels: args.max_image_pixels,
+    };
+    if args.pan_and_scan {
+        processor.pan_and_scan.enabled = true;
+    }
     let tokens =
         medgemma_preprocess::ImageTokens::load(dir, text).context("reading the image tokens")?;
     Ok(Arc::new(CheckpointImages {

@@ -232,10 +232,17 @@ fn no_content_reaches_the_logs_or_the_audit_log() {
     assert!(lines.iter().any(|l| l["status"] == 400));
 }
 
-fn start_stream(addr: &str, max_tokens: usize) -> std::thread::JoinHandle<(Vec<String>, Instant)> {
+/// A streaming request on its own connection; `ignore_eos` keeps it generating
+/// to `max_tokens` whatever the random model says.
+fn start_stream(
+    addr: &str,
+    max_tokens: usize,
+    ignore_eos: bool,
+) -> std::thread::JoinHandle<(Vec<String>, Instant)> {
     let addr = addr.to_string();
     std::thread::spawn(move || {
-        let body = json!({"messages": [{"role": "user", "content": "Describe the film."}], "max_tokens": max_tokens, "stream": true, "temperature": 0}).to_string();
+        let body = json!({"messages": [{"role": "user", "content": "Describe the film."}], "max_tokens": max_tokens,
+                          "stream": true, "temperature": 0, "ignore_eos": ignore_eos}).to_string();
         let mut conn = std::net::TcpStream::connect(&addr).unwrap();
         write!(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
         let lines: Vec<String> = BufReader::new(conn)
@@ -270,7 +277,7 @@ fn wait_exit(server: &mut Server, within: Duration) -> std::process::ExitStatus 
 fn sigterm_lets_eight_streams_finish_and_exits_zero() {
     let mut server = Server::start("tiny-gemma3", &["--shutdown-timeout", "20"]);
     let addr = server.base.strip_prefix("http://").unwrap().to_string();
-    let streams: Vec<_> = (0..8).map(|_| start_stream(&addr, 300)).collect();
+    let streams: Vec<_> = (0..8).map(|_| start_stream(&addr, 300, false)).collect();
     let start = Instant::now();
     while server.metric("medgemma_running_sequences") < 8.0 {
         assert!(
@@ -302,10 +309,10 @@ fn sigterm_lets_eight_streams_finish_and_exits_zero() {
 fn past_the_grace_period_streams_end_with_a_clear_error() {
     let mut server = Server::start(
         "tiny-gemma3",
-        &["--shutdown-timeout", "0.3", "--max-num-seqs", "2"],
+        &["--shutdown-timeout", "0.05", "--max-num-seqs", "2"],
     );
     let addr = server.base.strip_prefix("http://").unwrap().to_string();
-    let streams: Vec<_> = (0..3).map(|_| start_stream(&addr, 1000)).collect();
+    let streams: Vec<_> = (0..3).map(|_| start_stream(&addr, 1000, true)).collect();
     let start = Instant::now();
     while server.metric("medgemma_running_sequences") < 2.0 {
         assert!(start.elapsed() < Duration::from_secs(10));
@@ -403,4 +410,32 @@ fn a_request_past_the_time_limit_gets_a_504_and_is_freed() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The operator's image limits apply before decoding: past them, 413.
+#[test]
+fn configured_image_limits_refuse_large_images() {
+    use base64::Engine as _;
+    let server = Server::start(
+        "tiny-gemma3",
+        &["--max-image-pixels", "100", "--max-image-bytes", "100000"],
+    );
+    let png = std::fs::read(common::fixture("images/photo.jpg")).unwrap();
+    let url = format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&png)
+    );
+    let body = json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}], "max_tokens": 1});
+    let (status, resp) = server.post("/v1/chat/completions", &body);
+    assert_eq!(status, 413, "{resp}");
+    assert_error_shape(&resp, "pixels");
+    let big = vec![0u8; 200_000];
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&big)
+    );
+    let body = json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}], "max_tokens": 1});
+    let (status, resp) = server.post("/v1/chat/completions", &body);
+    assert_eq!(status, 413, "{resp}");
+    assert_eq!(server.get("/health").0, 200);
 }

@@ -163,3 +163,63 @@ fn a_full_queue_refuses_and_empty_prompts_are_invalid() {
     ));
     h.shutdown();
 }
+
+/// Thousands of random joins, early drops and completions: every sequence the
+/// executor ever held is released, and every kept stream ends with Finished.
+#[test]
+fn random_joins_leaves_and_cancels_leak_nothing() {
+    let fake = Fake::default();
+    let f = fake.clone();
+    let h = SchedulerHandle::spawn(
+        SchedulerConfig {
+            max_num_seqs: 8,
+            max_waiting: 10_000,
+            max_num_batched_tokens: 16,
+            max_model_len: 200,
+        },
+        move || f,
+    );
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut kept = Vec::new();
+    for i in 0..2000 {
+        let prompt: Vec<u32> = (0..1 + next(40) as u32).collect();
+        let stream = h
+            .submit(request(prompt, 1 + next(20) as usize, vec![]))
+            .unwrap();
+        match next(3) {
+            0 => drop(stream),
+            1 => kept.push(stream),
+            _ => {
+                let mut s = stream;
+                if i % 2 == 0 {
+                    s.blocking_next();
+                }
+                drop(s);
+            }
+        }
+    }
+    for s in kept {
+        let (ids, reason) = collect(s);
+        assert_eq!(reason, FinishReason::Length);
+        assert!(!ids.is_empty());
+    }
+    let start = Instant::now();
+    while !fake.held.lock().unwrap().is_empty() {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "sequences leaked: {}",
+            fake.held.lock().unwrap().len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    h.shutdown();
+    for batch in fake.log.lock().unwrap().iter() {
+        assert!(batch.seqs.len() <= 8, "max_num_seqs respected");
+    }
+}
