@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use medgemma_protocol::chat::{
@@ -18,7 +18,7 @@ use crate::access::{with_counts, TokenCounts};
 use crate::error::ApiError;
 use crate::generation::{sampling_params, submit, Piece, TextStream, TokenInfo};
 use crate::prompt::{chat_prompt, max_new_tokens};
-use crate::sse::{done_event, error_event, json_event};
+use crate::sse::{error_event, json_event, sse_response};
 use crate::state::AppState;
 
 pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -274,7 +274,7 @@ fn stream_response(
     let usage = run.chat.include_usage.then(|| {
         let (id, model, prompt_tokens) =
             (run.id.clone(), state.model_name.clone(), run.prompt_tokens);
-        stream::once(async move {
+        Box::new(move || {
             let completion = total.lock().map(|t| *t).unwrap_or(0);
             json_event(&ChatChunk {
                 id,
@@ -284,11 +284,7 @@ fn stream_response(
                 choices: vec![],
                 usage: Some(Usage::new(prompt_tokens, completion)),
             })
-        })
+        }) as Box<dyn FnOnce() -> Event + Send>
     });
-    let events = stream::select_all(choices)
-        .chain(stream::iter(usage).flatten())
-        .chain(stream::once(async { done_event() }))
-        .map(Ok);
-    Sse::new(events).keep_alive(KeepAlive::default())
+    sse_response(choices, usage)
 }

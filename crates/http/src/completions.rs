@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use medgemma_core::Prompt;
@@ -20,7 +20,7 @@ use crate::access::{with_counts, TokenCounts};
 use crate::error::ApiError;
 use crate::generation::{sampling_params, submit, TextStream, TokenInfo};
 use crate::prompt::max_new_tokens;
-use crate::sse::{done_event, error_event, json_event};
+use crate::sse::{error_event, json_event, sse_response};
 use crate::state::{AppState, Engine};
 
 pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -267,7 +267,7 @@ fn stream_response(
     let usage = run.req.include_usage.then(|| {
         let (id, model, prompt_tokens) =
             (run.id.clone(), state.model_name.clone(), run.prompt_tokens);
-        stream::once(async move {
+        Box::new(move || {
             let completion = total.lock().map(|t| *t).unwrap_or(0);
             json_event(&Completion {
                 id,
@@ -277,11 +277,7 @@ fn stream_response(
                 choices: vec![],
                 usage: Some(Usage::new(prompt_tokens, completion)),
             })
-        })
+        }) as Box<dyn FnOnce() -> Event + Send>
     });
-    let events = stream::select_all(choices)
-        .chain(stream::iter(usage).flatten())
-        .chain(stream::once(async { done_event() }))
-        .map(Ok);
-    Sse::new(events).keep_alive(KeepAlive::default())
+    sse_response(choices, usage)
 }
