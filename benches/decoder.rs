@@ -6,7 +6,8 @@
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
-use medgemma_model::{ForwardBatch, ModelConfig, SeqKv};
+use medgemma_core::{DirectBlocks, SamplingParams, ScheduledSeq};
+use medgemma_model::{ForwardBatch, KvPool, ModelConfig};
 
 fn small_config() -> ModelConfig {
     ModelConfig::from_json_str(
@@ -25,28 +26,35 @@ fn bench(c: &mut Criterion) {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = medgemma_model::text::TextModel::new(&cfg.text, vb, None).expect("random model");
     let prompt: Vec<u32> = (0..128).map(|i| (i * 37 % 32000) as u32).collect();
-    let n = cfg.text.num_hidden_layers;
+    let pool = KvPool::new(&cfg.text, 16, 256, DType::F32, &Device::Cpu).expect("pool");
+    let mut blocks = DirectBlocks::new(&pool.layout(1024));
+    // Blocks for positions 0..=128: the prompt and one decoded token.
+    let mut seq = ScheduledSeq {
+        seq_id: 1,
+        tokens: vec![0; 129],
+        start_pos: 0,
+        sample: true,
+        sampling: SamplingParams::greedy(),
+        images: Vec::new(),
+        block_tables: Vec::new(),
+    };
+    blocks.assign(&mut seq).expect("blocks");
+    let batch_of = |tokens: &[u32], start: usize| {
+        let mut batch = ForwardBatch::default();
+        batch.push(tokens, start, true);
+        batch.spans[0].block_tables.clone_from(&seq.block_tables);
+        batch
+    };
 
+    let prefill = batch_of(&prompt, 0);
     c.bench_function("prefill_128_tokens", |b| {
-        b.iter(|| {
-            let mut kv = SeqKv::new(n);
-            let mut batch = ForwardBatch::default();
-            batch.push(&prompt, 0, true);
-            model.forward(&batch, &mut [&mut kv]).expect("forward")
-        })
+        b.iter(|| model.forward(&prefill, &pool).expect("forward"))
     });
 
-    let mut warm = SeqKv::new(n);
-    let mut batch = ForwardBatch::default();
-    batch.push(&prompt, 0, true);
-    model.forward(&batch, &mut [&mut warm]).expect("prefill");
+    model.forward(&prefill, &pool).expect("prefill");
+    let decode = batch_of(&[42], 128);
     c.bench_function("decode_step_at_128", |b| {
-        b.iter(|| {
-            let mut kv = warm.clone();
-            let mut batch = ForwardBatch::default();
-            batch.push(&[42], 128, true);
-            model.forward(&batch, &mut [&mut kv]).expect("decode")
-        })
+        b.iter(|| model.forward(&decode, &pool).expect("decode"))
     });
 }
 

@@ -28,6 +28,10 @@ pub enum Command {
     /// Show the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Measure throughput and latency of a random-weight model of real shapes.
+    Bench(BenchArgs),
+    /// Check a device against the CPU and transformers' goldens on the fixture checkpoints.
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +117,16 @@ pub struct ServeArgs {
     /// Requests that may wait for a slot before new ones get 429.
     #[arg(long, env = "MEDGEMMA_MAX_WAITING", default_value_t = 256)]
     pub max_waiting: usize,
+    /// KV cache size in bytes, allocated once at start-up (CPU default 4 GiB; on a GPU
+    /// it overrides --gpu-memory-utilization).
+    #[arg(long, env = "MEDGEMMA_KV_CACHE_BYTES")]
+    pub kv_cache_bytes: Option<u64>,
+    /// Share of the GPU's memory the server may use (weights, activations, KV cache).
+    #[arg(long, env = "MEDGEMMA_GPU_MEMORY_UTILIZATION", default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+    /// Tokens per KV cache block.
+    #[arg(long, env = "MEDGEMMA_BLOCK_SIZE", default_value_t = 16)]
+    pub block_size: usize,
     /// Default seed for requests that give none.
     #[arg(long, env = "MEDGEMMA_SEED")]
     pub seed: Option<u64>,
@@ -152,4 +166,63 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "MEDGEMMA_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+}
+
+/// `bench`: a synthetic model (real shapes, random weights) under concurrent load.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A preset (medgemma-4b, medgemma-27b) or the path of a config.json.
+    #[arg(long, value_name = "PRESET|CONFIG_JSON")]
+    pub synthetic: String,
+    /// Device: cpu, auto, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Compute dtype: auto, bf16, f16 or f32.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Concurrency levels to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 64])]
+    pub concurrency: Vec<usize>,
+    /// Images in one request for the image time-to-first-token comparison (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pub images: usize,
+    /// Prompt tokens per request.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Tokens generated per request (end-of-sequence ignored).
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// KV cache size in bytes (CPU default 4 GiB; on a GPU it overrides --gpu-memory-utilization).
+    #[arg(long)]
+    pub kv_cache_bytes: Option<u64>,
+    /// Share of the GPU's memory for weights, activations and the KV cache.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+    /// Tokens per engine step across all sequences.
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// Tokens per KV cache block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Seed of the random prompts and pixels.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// `check`: the device's numerics against the CPU's and transformers' on the fixtures.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Folder of fixture checkpoints; each with a goldens.json is checked.
+    #[arg(long, default_value = "tests/fixtures")]
+    pub fixtures: std::path::PathBuf,
+    /// Device to check: cpu, auto, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Largest first-step logit difference of bf16 (f16 on GPUs older than sm_80) on
+    /// the device against f32 on the CPU, relative to the largest |logit|.
+    #[arg(long, default_value_t = 2e-2)]
+    pub tolerance: f64,
 }

@@ -3,13 +3,18 @@
 use std::io::Write;
 
 use anyhow::Result;
-use medgemma_core::SamplingParams;
+use medgemma_core::{Executor, SamplingParams};
+use medgemma_model::KvCacheConfig;
 use medgemma_preprocess::TemplateMessage;
 
 use crate::cli::GenerateArgs;
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let mut loaded = crate::load::load(&args.model)?;
+    let mut loaded = crate::load::load(&args.model, |device| KvCacheConfig {
+        budget: crate::load::kv_budget(device, None, 0.9),
+        max_num_seqs: 1,
+        ..KvCacheConfig::default()
+    })?;
     let prompt = loaded
         .text
         .render_chat(&[TemplateMessage::text("user", &args.prompt)], true)?;
@@ -21,10 +26,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         ..SamplingParams::default()
     };
-    let max_len = loaded.executor.model().config.text.max_position_embeddings;
+    let max_len = loaded.executor.kv_layout().max_seq_len;
     if ids.len() + args.max_tokens > max_len {
         anyhow::bail!(
-            "the prompt has {} tokens and --max-tokens is {}: together they pass the model's limit of {max_len}",
+            "the prompt has {} tokens and --max-tokens is {}: together they pass the limit of {max_len} (the model's, or what the KV cache holds)",
             ids.len(),
             args.max_tokens
         );

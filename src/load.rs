@@ -1,7 +1,7 @@
 //! Loads a checkpoint (folder or hub id) into the model and the text processor.
 
 use anyhow::{bail, Context, Result};
-use medgemma_model::{CandleExecutor, DType, Device, Gemma3};
+use medgemma_model::{CandleExecutor, DType, Device, Gemma3, KvBudget, KvCacheConfig};
 use medgemma_preprocess::TextProcessor;
 
 use medgemma_http::SamplingDefaults;
@@ -15,22 +15,48 @@ pub struct Loaded {
     pub dir: std::path::PathBuf,
 }
 
+/// The `--device` value as a device: cpu, auto, cuda or cuda:N.
 pub fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" | "auto" => Ok(Device::Cpu),
-        other => bail!("device {other:?} is not available in this build (cpu)"),
-    }
+    Ok(medgemma_model::parse_device(name)?)
 }
 
+/// The `--dtype` value on `device`: `auto` is f32 on the CPU, bf16 on GPUs with
+/// compute capability 8.0 or newer and f16 on older ones; bf16 on an older GPU is
+/// refused (candle's bf16 kernels need sm_80).
 pub fn dtype(name: &str, device: &Device) -> Result<DType> {
-    match name {
-        "auto" if device.is_cpu() => Ok(DType::F32),
-        "auto" => Ok(DType::BF16),
-        other => Ok(medgemma_model::parse_dtype(other)?),
+    if name == "auto" {
+        return Ok(medgemma_model::auto_dtype(device));
+    }
+    let dtype = medgemma_model::parse_dtype(name)?;
+    if dtype == DType::BF16 {
+        if let Some((major, minor)) = medgemma_model::device::compute_capability(device) {
+            if major < 8 {
+                bail!(
+                    "bf16 needs a GPU of compute capability 8.0 or newer; {} is {major}.{minor}: \
+                     use --dtype f16 or f32",
+                    medgemma_model::device_name(device)
+                );
+            }
+        }
+    }
+    Ok(dtype)
+}
+
+/// Default KV cache on CPU, where no share of device memory applies.
+pub const CPU_KV_CACHE_BYTES: u64 = 4 << 30;
+
+/// The KV budget: the bytes given, else a share of a GPU's memory, else the CPU default.
+pub fn kv_budget(device: &Device, bytes: Option<u64>, gpu_memory_utilization: f64) -> KvBudget {
+    match bytes {
+        Some(b) => KvBudget::Bytes(b),
+        None if device.is_cpu() => KvBudget::Bytes(CPU_KV_CACHE_BYTES),
+        None => KvBudget::DeviceFraction(gpu_memory_utilization),
     }
 }
 
-pub fn load(args: &ModelArgs) -> Result<Loaded> {
+/// Loads the checkpoint and allocates the KV cache; `kv` gets its budget from
+/// `kv_budget` unless the caller set one.
+pub fn load(args: &ModelArgs, kv: impl FnOnce(&Device) -> KvCacheConfig) -> Result<Loaded> {
     let device = device(&args.device)?;
     let dtype = dtype(&args.dtype, &device)?;
     let dir = medgemma_model::hub::resolve(&args.model, args.revision.as_deref(), args.verify)?;
@@ -39,8 +65,9 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let text = TextProcessor::load(&dir, &model.config.eos_token_ids)
         .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
     let defaults = sampling_defaults(&dir.join("generation_config.json"));
+    let executor = CandleExecutor::new(model, &kv(&device)).context("allocating the KV cache")?;
     Ok(Loaded {
-        executor: CandleExecutor::new(model),
+        executor,
         text,
         defaults,
         dir,

@@ -3,6 +3,8 @@
 //! This file parses the command line and wires the crates together; it is the only
 //! place that names the candle executor.
 
+mod bench_cmd;
+mod check_cmd;
 mod cli;
 mod config;
 mod generate_cmd;
@@ -29,6 +31,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Generate(args) => generate_cmd::run(args),
         cli::Command::Serve(args) => serve_cmd::run(args),
+        cli::Command::Bench(args) => bench_cmd::run(args),
+        cli::Command::Check(args) => check_cmd::run(args),
         cli::Command::Config(cli::ConfigCommand::Print(_)) => {
             let sub = matches
                 .subcommand_matches("config")

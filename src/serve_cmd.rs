@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use medgemma_core::Executor;
 use medgemma_http::access::{AuditLog, ClientAddr};
 use medgemma_http::{AppState, CheckpointImages, Engine, HttpLimits, ImageSettings, StateOptions};
+use medgemma_model::KvCacheConfig;
 use medgemma_scheduler::{SchedulerConfig, SchedulerHandle};
 
 use crate::cli::ServeArgs;
@@ -131,9 +132,18 @@ where
 /// Loads the model off the async runtime; an error ends the server.
 fn spawn_loader(args: ServeArgs, state: Arc<AppState>) -> tokio::task::JoinHandle<Result<()>> {
     tokio::task::spawn_blocking(move || {
-        let loaded = crate::load::load(&args.model)?;
-        let model_len = loaded.executor.kv_layout().max_seq_len;
-        let max_model_len = args.max_model_len.unwrap_or(model_len).min(model_len);
+        let loaded = crate::load::load(&args.model, |device| KvCacheConfig {
+            block_size: args.block_size,
+            budget: crate::load::kv_budget(
+                device,
+                args.kv_cache_bytes,
+                args.gpu_memory_utilization,
+            ),
+            max_num_seqs: args.max_num_seqs.max(1),
+            max_model_len: args.max_model_len,
+            max_num_batched_tokens: args.max_num_batched_tokens.max(1),
+        })?;
+        let max_model_len = loaded.executor.kv_layout().max_seq_len;
         let vocab_size = loaded.executor.model().config.text.vocab_size;
         let config = SchedulerConfig {
             max_num_seqs: args.max_num_seqs.max(1),

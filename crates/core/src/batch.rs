@@ -1,6 +1,6 @@
 //! One engine step: the sequences scheduled together and what came out.
 
-use crate::{ExecutorError, ImageInput, SamplingParams, TokenLogprobs};
+use crate::{BlockTable, ExecutorError, ImageInput, KvLayout, SamplingParams, TokenLogprobs};
 
 /// Identifies a sequence for the lifetime of its request.
 pub type SeqId = u64;
@@ -19,6 +19,9 @@ pub struct ScheduledSeq {
     pub sampling: SamplingParams,
     /// Images whose soft tokens lie in this chunk (positions relative to the sequence).
     pub images: Vec<ImageInput>,
+    /// The sequence's KV blocks, one table per layer group (see `KvLayout::groups`),
+    /// covering every token this chunk writes and reads.
+    pub block_tables: Vec<BlockTable>,
 }
 
 /// Everything run in one batched forward.
@@ -41,22 +44,13 @@ pub struct StepOutput {
     pub outputs: Vec<SeqOutput>,
 }
 
-/// How the executor's KV memory is laid out, so a scheduler can budget it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvLayout {
-    /// The longest sequence (prompt plus output) the model accepts.
-    pub max_seq_len: usize,
-    pub num_layers: usize,
-    /// Bytes of KV state one token takes across all layers.
-    pub bytes_per_token: usize,
-}
-
 /// Runs batched forwards for the scheduler. Implemented by the candle engine and,
 /// in tests, by fakes.
 pub trait Executor: Send {
     /// Runs one step over every scheduled sequence and samples where asked.
     fn step(&mut self, batch: &StepBatch) -> Result<StepOutput, ExecutorError>;
-    /// Forgets a sequence and frees its KV state.
+    /// Forgets a sequence (its sampler state). Its KV blocks belong to whoever
+    /// handed them out; a preempted sequence is not released, it restarts at 0.
     fn release(&mut self, seq: SeqId);
     fn kv_layout(&self) -> KvLayout;
 }

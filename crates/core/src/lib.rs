@@ -4,12 +4,16 @@
 //! This crate knows nothing of candle, axum or tokio; every other crate may use it.
 
 pub mod batch;
+pub mod blocks;
 pub mod error;
 pub mod event;
 pub mod request;
 pub mod sampling;
 
-pub use batch::{Executor, KvLayout, ScheduledSeq, SeqId, SeqOutput, StepBatch, StepOutput};
+pub use batch::{Executor, ScheduledSeq, SeqId, SeqOutput, StepBatch, StepOutput};
+pub use blocks::{
+    BlockError, BlockId, BlockManager, BlockTable, DirectBlocks, KvLayout, SeqBlocks,
+};
 pub use error::ExecutorError;
 pub use event::{FinishReason, TokenEvent, TokenLogprobs, Usage};
 pub use request::{GenerateRequest, ImageInput, Prompt, StopCriteria};

@@ -129,6 +129,16 @@ fn render_stats(out: &mut String, s: &SchedulerStats) {
             "Sequences holding KV state.",
             SchedulerStats::get(&s.active_kv_sequences),
         ),
+        (
+            "medgemma_kv_blocks_total",
+            "KV cache blocks in the pool (allocated at start-up).",
+            SchedulerStats::get(&s.kv_blocks_total),
+        ),
+        (
+            "medgemma_kv_blocks_used",
+            "KV cache blocks held by sequences.",
+            SchedulerStats::get(&s.kv_blocks_used),
+        ),
     ];
     for (name, help, v) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -158,6 +168,11 @@ fn render_stats(out: &mut String, s: &SchedulerStats) {
             "medgemma_failed_sequences_total",
             "Sequences failed by an engine error.",
             SchedulerStats::count(&s.failed),
+        ),
+        (
+            "medgemma_preemptions_total",
+            "Running sequences preempted for KV blocks (recomputed later).",
+            SchedulerStats::count(&s.preemptions),
         ),
     ];
     for (name, help, v) in counters {

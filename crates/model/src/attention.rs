@@ -9,7 +9,7 @@ use candle_nn::{linear_no_bias, Linear, VarBuilder};
 
 use crate::batch::ForwardBatch;
 use crate::config::{LayerType, TextConfig};
-use crate::kv::SeqKv;
+use crate::kv::{KvPool, StepKv};
 use crate::mask::MaskSpec;
 use crate::norm::GemmaRmsNorm;
 use crate::rope::RopeTables;
@@ -48,15 +48,17 @@ impl Attention {
         })
     }
 
-    /// `x`: `[tokens, hidden]` of every sequence in `batch`; `kvs[i]` is sequence i's state.
+    /// `x`: `[tokens, hidden]` of every sequence in `batch`; the new keys and values
+    /// go into `kv` at the step's slots before any sequence reads.
     pub fn forward(
         &self,
         x: &Tensor,
         rope: &RopeTables,
         batch: &ForwardBatch,
-        kvs: &mut [&mut SeqKv],
+        kv: (&KvPool, &StepKv),
         layer: usize,
     ) -> Result<Tensor> {
+        let (pool, step) = kv;
         let t = x.dim(0)?;
         let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let q = self
@@ -67,16 +69,28 @@ impl Attention {
             .forward(&self.k_proj.forward(x)?.reshape((1, t, nkv, d))?)?;
         let v = self.v_proj.forward(x)?.reshape((t, nkv, d))?;
         let (q, k) = (rope.apply(&q)?.squeeze(0)?, rope.apply(&k)?.squeeze(0)?);
+        pool.write(layer, step, &k, &v)?;
+        let decoded = self.attend_decodes(&q, pool, step, layer)?;
+        if step.all_decode() {
+            if let Some(o) = decoded {
+                return self.o_proj.forward(&o);
+            }
+        }
+        let mut next_decode = 0;
         let mut outs = Vec::with_capacity(batch.spans.len());
-        for (span, kv) in batch.spans.iter().zip(kvs.iter_mut()) {
-            let heads_first = |x: &Tensor| {
-                x.narrow(0, span.offset, span.len)?
-                    .transpose(0, 1)?
-                    .contiguous()
-            };
-            let (qs, ks, vs) = (heads_first(&q)?, heads_first(&k)?, heads_first(&v)?);
-            let cache = kv.layer_mut(layer);
-            let (k_all, v_all, k_start) = cache.append(&ks, &vs)?;
+        for (i, span) in batch.spans.iter().enumerate() {
+            if span.is_decode() {
+                if let Some(o) = &decoded {
+                    outs.push(o.narrow(0, next_decode, 1)?);
+                    next_decode += 1;
+                    continue;
+                }
+            }
+            let qs = q
+                .narrow(0, span.offset, span.len)?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let (k_all, v_all, k_start) = pool.read(layer, step, i)?;
             let spec = MaskSpec {
                 q_start: span.start_pos,
                 q_len: span.len,
@@ -87,12 +101,35 @@ impl Attention {
             };
             let mask = spec.build(x.dtype(), x.device())?;
             let o = self.attend(&qs, &k_all, &v_all, mask.as_ref())?;
-            if let Some(w) = self.window {
-                cache.trim_to_window(w)?;
-            }
             outs.push(o.transpose(0, 1)?.reshape((span.len, nq * d))?);
         }
         self.o_proj.forward(&Tensor::cat(&outs, 0)?)
+    }
+
+    /// Attention of every decoding sequence (one query each) in one batched
+    /// product over their gathered keys, padded to the longest and masked:
+    /// `[decoding seqs, heads * head_dim]`, or `None` when none decodes.
+    fn attend_decodes(
+        &self,
+        q: &Tensor,
+        pool: &KvPool,
+        step: &StepKv,
+        layer: usize,
+    ) -> Result<Option<Tensor>> {
+        let Some((k, v, mask)) = pool.read_decode(layer, step)? else {
+            return Ok(None);
+        };
+        let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let b = k.dim(0)?;
+        // [seqs, heads, D] → [seqs, kv_heads, group, D]: heads sharing a kv head stacked.
+        let qd = step.decode_queries(q)?.reshape((b, nkv, nq / nkv, d))?;
+        let mut scores = (qd.matmul(&k.t()?)? * self.scale)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(&mask)?;
+        }
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
+        Ok(Some(probs.matmul(&v)?.reshape((b, nq * d))?))
     }
 
     /// `q`: `[heads, L, D]`, `k`/`v`: `[kv_heads, S, D]`, mask `[L, S]` → `[heads, L, D]`.

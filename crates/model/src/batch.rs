@@ -1,5 +1,7 @@
 //! The input of one batched forward: several sequences' new tokens, packed.
 
+use medgemma_core::BlockTable;
+
 /// One sequence's slice of the packed tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeqSpan {
@@ -14,6 +16,15 @@ pub struct SeqSpan {
     pub image_groups: Option<Vec<i32>>,
     /// Return logits for the last new token.
     pub want_logits: bool,
+    /// The sequence's KV blocks, one table per layer group of the pool.
+    pub block_tables: Vec<BlockTable>,
+}
+
+impl SeqSpan {
+    /// One new token and no image: attention can be batched with other decodes.
+    pub fn is_decode(&self) -> bool {
+        self.len == 1 && self.image_groups.is_none()
+    }
 }
 
 /// Several sequences' new tokens, packed in sequence order.
@@ -32,6 +43,7 @@ impl ForwardBatch {
             start_pos,
             image_groups: None,
             want_logits,
+            block_tables: Vec::new(),
         });
         self.token_ids.extend_from_slice(tokens);
         self.spans.len() - 1

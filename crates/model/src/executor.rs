@@ -1,5 +1,6 @@
-//! The candle engine behind the scheduler: owns every running sequence's KV state
-//! and sampler, and runs each step as one batched forward.
+//! The candle engine behind the scheduler: owns the paged KV pool (allocated once)
+//! and every running sequence's sampler, and runs each step as one batched forward
+//! over the block tables the scheduler hands in.
 
 use std::collections::HashMap;
 
@@ -10,41 +11,65 @@ use medgemma_core::{
 };
 
 use crate::batch::ForwardBatch;
+use crate::error::ModelError;
 use crate::image_plan::{self, StepImages};
-use crate::kv::SeqKv;
+use crate::kv::{KvPool, StepKv};
+use crate::kv_budget::{plan_for_device, KvCacheConfig};
 use crate::model::Gemma3;
 use crate::sampling::Sampler;
 
 struct SeqState {
-    kv: SeqKv,
     sampler: Sampler,
     sampled_any: bool,
+    /// Prompt tokens the sampler has seen (a preempted prefill restarts at 0).
+    observed: usize,
 }
 
 pub struct CandleExecutor {
     model: Gemma3,
+    pool: KvPool,
+    layout: KvLayout,
     seqs: HashMap<SeqId, SeqState>,
 }
 
 impl CandleExecutor {
-    pub fn new(model: Gemma3) -> Self {
-        Self {
+    /// Allocates the KV pool as `kv` asks, after the weights are on the device.
+    pub fn new(model: Gemma3, kv: &KvCacheConfig) -> Result<Self, ModelError> {
+        let (cfg, dtype) = (&model.config.text, model.text.dtype());
+        let plan = plan_for_device(cfg, kv, dtype, model.text.device())?;
+        let pool = KvPool::new(
+            cfg,
+            kv.block_size,
+            plan.num_blocks,
+            dtype,
+            model.text.device(),
+        )?;
+        let layout = pool.layout(plan.max_seq_len);
+        tracing::info!(
+            blocks = layout.num_blocks,
+            block_size = layout.block_size,
+            bytes = layout.pool_bytes(),
+            max_model_len = layout.max_seq_len,
+            "KV cache allocated"
+        );
+        Ok(Self {
             model,
+            pool,
+            layout,
             seqs: HashMap::new(),
-        }
+        })
     }
 
     pub fn model(&self) -> &Gemma3 {
         &self.model
     }
 
-    /// Sequences currently holding KV state.
+    /// Sequences the executor holds sampler state for.
     pub fn active_sequences(&self) -> usize {
         self.seqs.len()
     }
 
     fn prepare(&mut self, seqs: &[ScheduledSeq]) -> Result<ForwardBatch, ExecutorError> {
-        let num_layers = self.model.config.text.num_hidden_layers;
         let mut batch = ForwardBatch::default();
         for (i, s) in seqs.iter().enumerate() {
             if seqs[..i].iter().any(|o| o.seq_id == s.seq_id) {
@@ -59,24 +84,30 @@ impl CandleExecutor {
                     s.seq_id
                 )));
             }
-            let state = self.seqs.entry(s.seq_id).or_insert_with(|| SeqState {
-                kv: SeqKv::new(num_layers),
-                sampler: Sampler::new(s.sampling.clone()),
-                sampled_any: false,
-            });
-            if state.kv.len() != s.start_pos {
+            if s.block_tables.len() != self.layout.groups.len() {
                 return Err(ExecutorError::InvalidBatch(format!(
-                    "sequence {} starts at {} but holds {} tokens",
+                    "sequence {} has {} block tables for {} KV groups",
                     s.seq_id,
-                    s.start_pos,
-                    state.kv.len()
+                    s.block_tables.len(),
+                    self.layout.groups.len()
                 )));
             }
+            let state = self.seqs.entry(s.seq_id).or_insert_with(|| SeqState {
+                sampler: Sampler::new(s.sampling.clone()),
+                sampled_any: false,
+                observed: 0,
+            });
             if !state.sampled_any {
-                state.sampler.observe_prompt(&s.tokens);
+                let skip = state
+                    .observed
+                    .saturating_sub(s.start_pos)
+                    .min(s.tokens.len());
+                state.sampler.observe_prompt(&s.tokens[skip..]);
+                state.observed = state.observed.max(s.start_pos + s.tokens.len());
             }
             self.check_tokens(&s.tokens)?;
-            batch.push(&s.tokens, s.start_pos, s.sample);
+            let i = batch.push(&s.tokens, s.start_pos, s.sample);
+            batch.spans[i].block_tables.clone_from(&s.block_tables);
         }
         Ok(batch)
     }
@@ -104,19 +135,84 @@ impl CandleExecutor {
         forward: &ForwardBatch,
         images: &StepImages,
         pixels: Option<&Tensor>,
-        kvs: &mut [&mut SeqKv],
+        step: &StepKv,
     ) -> Result<Tensor, ExecutorError> {
         let text = &self.model.text;
         let step_err = |e: candle_core::Error| ExecutorError::Step(e.to_string());
-        let (vision, pixels) = match (&self.model.vision, pixels) {
-            (Some(v), Some(p)) => (v, p),
-            _ => return text.forward(forward, kvs).map_err(step_err),
+        let mut embeds = text.embed(&forward.token_ids).map_err(step_err)?;
+        if let (Some(vision), Some(pixels)) = (&self.model.vision, pixels) {
+            let features = vision.encode(pixels).map_err(step_err)?;
+            embeds = crate::multimodal::merge_image_features(&embeds, &features, &images.starts)
+                .map_err(step_err)?;
+        }
+        text.forward_planned(&embeds, forward, &self.pool, step)
+            .map_err(step_err)
+    }
+
+    /// One token per sequence that asked: argmax on the device for plain greedy
+    /// rows (only the ids cross to the host), the host sampler for the rest.
+    fn sample(&mut self, batch: &StepBatch, logits: &Tensor) -> Result<StepOutput, ExecutorError> {
+        let err = |e: candle_core::Error| ExecutorError::Step(e.to_string());
+        let wanting: Vec<&ScheduledSeq> = batch.seqs.iter().filter(|s| s.sample).collect();
+        let plain: Vec<bool> = wanting
+            .iter()
+            .map(|s| {
+                self.seqs
+                    .get(&s.seq_id)
+                    .is_some_and(|st| st.sampler.is_plain_greedy())
+            })
+            .collect();
+        let argmax: Vec<u32> = if plain.iter().any(|&p| p) {
+            logits
+                .argmax(candle_core::D::Minus1)
+                .and_then(|t| t.to_vec1())
+                .map_err(err)?
+        } else {
+            Vec::new()
         };
-        let features = vision.encode(pixels).map_err(step_err)?;
-        let embeds = text.embed(&forward.token_ids).map_err(step_err)?;
-        let merged = crate::multimodal::merge_image_features(&embeds, &features, &images.starts)
-            .map_err(step_err)?;
-        text.forward_embeds(&merged, forward, kvs).map_err(step_err)
+        let host_rows: Vec<u32> = (0..wanting.len() as u32)
+            .filter(|&i| !plain[i as usize])
+            .collect();
+        let full: Vec<Vec<f32>> = if host_rows.is_empty() {
+            Vec::new()
+        } else {
+            let idx = Tensor::new(host_rows.as_slice(), logits.device()).map_err(err)?;
+            logits
+                .index_select(&idx, 0)
+                .and_then(|t| t.to_vec2())
+                .map_err(err)?
+        };
+        let mut full = full.into_iter();
+        let mut tokens = std::collections::HashMap::new();
+        for (row, s) in wanting.iter().enumerate() {
+            let state = self.seqs.get_mut(&s.seq_id).ok_or_else(|| {
+                ExecutorError::Step(format!("sequence {} lost its sampler", s.seq_id))
+            })?;
+            let picked = if plain[row] {
+                state.sampler.accept_argmax(argmax[row]);
+                (argmax[row], None)
+            } else {
+                let l = full
+                    .next()
+                    .ok_or_else(|| ExecutorError::Step("missing logits row".into()))?;
+                state.sampler.sample(&l)
+            };
+            state.sampled_any = true;
+            tokens.insert(s.seq_id, picked);
+        }
+        let outputs = batch
+            .seqs
+            .iter()
+            .map(|s| {
+                let (token, logprobs) = tokens.remove(&s.seq_id).unzip();
+                SeqOutput {
+                    seq_id: s.seq_id,
+                    token,
+                    logprobs: logprobs.flatten(),
+                }
+            })
+            .collect();
+        Ok(StepOutput { outputs })
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), ExecutorError> {
@@ -139,43 +235,12 @@ impl Executor for CandleExecutor {
         for (span, groups) in forward.spans.iter_mut().zip(&images.groups) {
             span.image_groups.clone_from(groups);
         }
-        let mut states: Vec<SeqState> = batch
-            .seqs
-            .iter()
-            .filter_map(|s| self.seqs.remove(&s.seq_id))
-            .collect();
-        let result = {
-            let mut kvs: Vec<&mut SeqKv> = states.iter_mut().map(|s| &mut s.kv).collect();
-            self.forward(&forward, &images, pixels.as_ref(), &mut kvs)
-        };
-        let logits = match result {
-            Ok(l) => l,
-            Err(e) => {
-                // The KV states are now inconsistent: drop them; the scheduler fails these sequences.
-                return Err(ExecutorError::Step(e.to_string()));
-            }
-        };
-        let mut outputs = Vec::with_capacity(batch.seqs.len());
-        let mut row = 0;
-        for (s, mut state) in batch.seqs.iter().zip(states) {
-            let mut out = SeqOutput {
-                seq_id: s.seq_id,
-                token: None,
-                logprobs: None,
-            };
-            if s.sample {
-                let l = crate::text::TextModel::row(&logits, row)
-                    .map_err(|e| ExecutorError::Step(e.to_string()))?;
-                row += 1;
-                let (token, lp) = state.sampler.sample(&l);
-                state.sampled_any = true;
-                out.token = Some(token);
-                out.logprobs = lp;
-            }
-            self.seqs.insert(s.seq_id, state);
-            outputs.push(out);
-        }
-        Ok(StepOutput { outputs })
+        let step = self
+            .pool
+            .plan(&forward, self.model.text.device())
+            .map_err(|e| ExecutorError::InvalidBatch(e.to_string()))?;
+        let logits = self.forward(&forward, &images, pixels.as_ref(), &step)?;
+        self.sample(batch, &logits)
     }
 
     fn release(&mut self, seq: SeqId) {
@@ -183,16 +248,6 @@ impl Executor for CandleExecutor {
     }
 
     fn kv_layout(&self) -> KvLayout {
-        let t = &self.model.config.text;
-        let dtype_bytes = self.model.text.dtype().size_in_bytes();
-        KvLayout {
-            max_seq_len: t.max_position_embeddings,
-            num_layers: t.num_hidden_layers,
-            bytes_per_token: 2
-                * t.num_key_value_heads
-                * t.head_dim
-                * dtype_bytes
-                * t.num_hidden_layers,
-        }
+        self.layout.clone()
     }
 }

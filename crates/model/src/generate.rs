@@ -2,8 +2,8 @@
 //! for the `generate` command, tests and benchmarks.
 
 use medgemma_core::{
-    Executor, ExecutorError, FinishReason, ImageInput, SamplingParams, ScheduledSeq, SeqId,
-    StepBatch, TokenLogprobs,
+    DirectBlocks, Executor, ExecutorError, FinishReason, ImageInput, SamplingParams, ScheduledSeq,
+    SeqId, StepBatch, TokenLogprobs,
 };
 
 /// A finished single-sequence generation.
@@ -49,40 +49,50 @@ pub fn generate_with_images(
         logprobs: Vec::new(),
         finish_reason: FinishReason::Length,
     };
-    let mut next = prompt.to_vec();
+    let mut blocks = DirectBlocks::new(&exec.kv_layout());
     let mut pos = 0;
+    let mut next = prompt.to_vec();
     let mut images = images.to_vec();
-    while out.tokens.len() < max_new_tokens {
-        let seq = ScheduledSeq {
+    let mut step_once = |exec: &mut dyn Executor, out: &mut Generation| {
+        let mut seq = ScheduledSeq {
             seq_id,
             tokens: std::mem::take(&mut next),
             start_pos: pos,
             sample: true,
             sampling: sampling.clone(),
             images: std::mem::take(&mut images),
+            block_tables: Vec::new(),
         };
+        blocks
+            .assign(&mut seq)
+            .map_err(|e| ExecutorError::InvalidBatch(format!("KV cache full: {e}")))?;
         pos += seq.tokens.len();
-        let step = exec.step(&StepBatch { seqs: vec![seq] });
-        let step = match step {
-            Ok(s) => s,
-            Err(e) => {
-                exec.release(seq_id);
-                return Err(e);
-            }
-        };
+        let step = exec.step(&StepBatch { seqs: vec![seq] })?;
         let o = step.outputs.into_iter().next();
         let Some(token) = o.as_ref().and_then(|o| o.token) else {
-            exec.release(seq_id);
             return Err(ExecutorError::Step("no token sampled".into()));
         };
         if stop_token_ids.contains(&token) {
             out.finish_reason = FinishReason::Stop;
-            break;
+            return Ok(false);
         }
         out.tokens.push(token);
         out.logprobs.push(o.and_then(|o| o.logprobs));
         next = vec![token];
+        Ok(true)
+    };
+    let mut result = Ok(());
+    while out.tokens.len() < max_new_tokens {
+        match step_once(exec, &mut out) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
     }
+    blocks.release(seq_id);
     exec.release(seq_id);
-    Ok(out)
+    result.map(|()| out)
 }

@@ -1,85 +1,338 @@
-//! Per-sequence KV state, owned by the caller and passed into each forward.
+//! The paged KV pool: every layer's keys and values in fixed-size blocks,
+//! allocated once, addressed through the block tables the scheduler hands out.
 //!
-//! Keys are cached after RoPE. Sliding-window layers keep only the keys a future
-//! query can still see (the last `window - 1`), so their memory stays bounded.
+//! Layers are grouped so that every group has the same number of layers (the
+//! number of full-attention layers; sliding layers fill groups of that size): a
+//! block id then means the same amount of memory in every group, and all groups
+//! draw from one pool. Storage is one tensor per *slot* (the i-th layer of every
+//! group), `[num_blocks * block_size, kv_heads * head_dim]`. Keys are stored after
+//! RoPE. Writes are in place (`scatter_set`); reads gather a sequence's slots.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
+use medgemma_core::KvLayout;
 
-/// One layer's cached keys and values, `[kv_heads, cached, head_dim]`.
-#[derive(Debug, Clone, Default)]
-pub struct LayerKv {
-    k: Option<Tensor>,
-    v: Option<Tensor>,
-    /// Absolute position of the first cached token.
-    first_pos: usize,
+use crate::batch::ForwardBatch;
+use crate::config::{LayerType, TextConfig};
+
+/// Which group and slot each layer uses, and each group's attention window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvGroups {
+    pub windows: Vec<Option<usize>>,
+    /// `(group, slot)` per layer.
+    pub layer_slots: Vec<(usize, usize)>,
+    /// Layers per group.
+    pub slots: usize,
 }
 
-impl LayerKv {
-    /// Appends the new keys and values; returns all cached ones and the position of the first.
-    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, usize)> {
-        let (k_all, v_all) = match (&self.k, &self.v) {
-            (Some(pk), Some(pv)) => (Tensor::cat(&[pk, k], 1)?, Tensor::cat(&[pv, v], 1)?),
-            _ => (k.clone(), v.clone()),
+impl KvGroups {
+    pub fn new(cfg: &TextConfig) -> Self {
+        let full: Vec<usize> = layers_of(cfg, LayerType::Full);
+        let sliding: Vec<usize> = layers_of(cfg, LayerType::Sliding);
+        let slots = if full.is_empty() {
+            sliding.len().max(1)
+        } else {
+            full.len()
         };
-        self.k = Some(k_all.clone());
-        self.v = Some(v_all.clone());
-        Ok((k_all, v_all, self.first_pos))
-    }
-
-    /// Drops keys no query at or after the next position can see.
-    pub fn trim_to_window(&mut self, window: usize) -> Result<()> {
-        let keep = window.saturating_sub(1);
-        if let (Some(k), Some(v)) = (&self.k, &self.v) {
-            let n = k.dim(1)?;
-            if n > keep {
-                let drop = n - keep;
-                self.k = Some(k.narrow(1, drop, keep)?.contiguous()?);
-                self.v = Some(v.narrow(1, drop, keep)?.contiguous()?);
-                self.first_pos += drop;
+        let mut windows = Vec::new();
+        let mut layer_slots = vec![(0, 0); cfg.layer_types.len()];
+        let kinds = [(full, None), (sliding, Some(cfg.sliding_window))];
+        for (layers, window) in kinds {
+            for chunk in layers.chunks(slots) {
+                for (slot, &layer) in chunk.iter().enumerate() {
+                    layer_slots[layer] = (windows.len(), slot);
+                }
+                windows.push(window);
             }
         }
+        Self {
+            windows,
+            layer_slots,
+            slots,
+        }
+    }
+}
+
+fn layers_of(cfg: &TextConfig, kind: LayerType) -> Vec<usize> {
+    (0..cfg.layer_types.len())
+        .filter(|&i| cfg.layer_types[i] == kind)
+        .collect()
+}
+
+/// Bytes of one block: keys and values of `block_size` tokens in every slot.
+pub fn bytes_per_block(cfg: &TextConfig, block_size: usize, dtype: DType) -> usize {
+    let row = cfg.num_key_value_heads * cfg.head_dim;
+    2 * KvGroups::new(cfg).slots * block_size * row * dtype.size_in_bytes()
+}
+
+/// The pool, allocated once.
+#[derive(Debug)]
+pub struct KvPool {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    groups: KvGroups,
+    block_size: usize,
+    num_blocks: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    bytes_per_block: usize,
+}
+
+impl KvPool {
+    pub fn new(
+        cfg: &TextConfig,
+        block_size: usize,
+        num_blocks: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let groups = KvGroups::new(cfg);
+        let row = cfg.num_key_value_heads * cfg.head_dim;
+        let rows = num_blocks * block_size;
+        let alloc = || Tensor::zeros((rows, row), dtype, device);
+        let k = (0..groups.slots).map(|_| alloc()).collect::<Result<_>>()?;
+        let v = (0..groups.slots).map(|_| alloc()).collect::<Result<_>>()?;
+        Ok(Self {
+            k,
+            v,
+            groups,
+            block_size,
+            num_blocks,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            bytes_per_block: bytes_per_block(cfg, block_size, dtype),
+        })
+    }
+
+    pub fn layout(&self, max_seq_len: usize) -> KvLayout {
+        KvLayout {
+            max_seq_len,
+            block_size: self.block_size,
+            num_blocks: self.num_blocks,
+            groups: self.groups.windows.clone(),
+            bytes_per_block: self.bytes_per_block,
+        }
+    }
+
+    /// The slot indices of one step, built on the host and sent to the device once.
+    pub fn plan(&self, batch: &ForwardBatch, device: &Device) -> Result<StepKv> {
+        let row = self.kv_heads * self.head_dim;
+        let dtype = self.k[0].dtype();
+        let groups = (0..self.groups.windows.len())
+            .map(|g| self.plan_group(g, batch, row, device, dtype))
+            .collect::<Result<_>>()?;
+        let decode_rows = batch
+            .spans
+            .iter()
+            .filter(|s| s.is_decode())
+            .map(|s| s.offset as u32)
+            .collect::<Vec<_>>();
+        let all_decode = decode_rows.len() == batch.spans.len();
+        let decode_rows = if decode_rows.is_empty() || all_decode {
+            None
+        } else {
+            Some(Tensor::new(decode_rows.as_slice(), device)?)
+        };
+        Ok(StepKv {
+            groups,
+            decode_rows,
+            all_decode,
+        })
+    }
+
+    fn plan_group(
+        &self,
+        g: usize,
+        batch: &ForwardBatch,
+        row: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<GroupStep> {
+        let window = self.groups.windows[g];
+        let mut writes = Vec::with_capacity(batch.num_tokens());
+        let mut read_slots = Vec::new();
+        let mut reads = Vec::with_capacity(batch.spans.len());
+        let mut decode = Vec::new();
+        for (i, span) in batch.spans.iter().enumerate() {
+            let end = span.start_pos + span.len;
+            let k_start = window.map_or(0, |w| span.start_pos.saturating_sub(w.saturating_sub(1)));
+            writes.extend(self.slots(batch, i, g, span.start_pos..end)?);
+            let slots = self.slots(batch, i, g, k_start..end)?;
+            reads.push(SeqRead {
+                offset: read_slots.len(),
+                len: slots.len(),
+                k_start,
+            });
+            if span.is_decode() {
+                decode.push((i, slots));
+            } else {
+                read_slots.extend(slots);
+            }
+        }
+        let t = writes.len();
+        let write = Tensor::from_vec(writes, (t, 1), device)?
+            .broadcast_as((t, row))?
+            .contiguous()?;
+        let n = read_slots.len();
+        Ok(GroupStep {
+            write,
+            read: Tensor::from_vec(read_slots, n, device)?,
+            reads,
+            decode: DecodeGather::new(decode, device, dtype)?,
+        })
+    }
+
+    /// Pool slots of positions `range` of sequence `i` in group `g`.
+    fn slots(
+        &self,
+        batch: &ForwardBatch,
+        i: usize,
+        g: usize,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<u32>> {
+        let span = &batch.spans[i];
+        let table = span.block_tables.get(g);
+        let limit = self.num_blocks * self.block_size;
+        range
+            .map(
+                |pos| match table.and_then(|t| t.slot(pos, self.block_size)) {
+                    Some(s) if s < limit => Ok(s as u32),
+                    _ => candle_core::bail!(
+                        "the block table of sequence {i}, group {g}, does not hold position {pos}"
+                    ),
+                },
+            )
+            .collect()
+    }
+
+    /// Writes one layer's new keys and values (`[tokens, kv_heads, head_dim]`).
+    pub fn write(&self, layer: usize, step: &StepKv, k: &Tensor, v: &Tensor) -> Result<()> {
+        let (g, slot) = self.groups.layer_slots[layer];
+        let idx = &step.groups[g].write;
+        let t = k.dim(0)?;
+        let row = self.kv_heads * self.head_dim;
+        self.k[slot].scatter_set(idx, &k.reshape((t, row))?.contiguous()?, 0)?;
+        self.v[slot].scatter_set(idx, &v.reshape((t, row))?.contiguous()?, 0)?;
         Ok(())
     }
 
-    pub fn cached_tokens(&self) -> usize {
-        self.k.as_ref().and_then(|k| k.dim(1).ok()).unwrap_or(0)
+    /// Keys and values prefill sequence `i` attends to in `layer` (`[kv_heads,
+    /// keys, head_dim]`), with the position of the first key.
+    pub fn read(&self, layer: usize, step: &StepKv, i: usize) -> Result<(Tensor, Tensor, usize)> {
+        let (g, slot) = self.groups.layer_slots[layer];
+        let gs = &step.groups[g];
+        let r = &gs.reads[i];
+        let idx = gs.read.narrow(0, r.offset, r.len)?;
+        let gather = |pool: &Tensor| {
+            pool.index_select(&idx, 0)?
+                .reshape((r.len, self.kv_heads, self.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()
+        };
+        Ok((gather(&self.k[slot])?, gather(&self.v[slot])?, r.k_start))
+    }
+
+    /// Keys and values of every decoding sequence of the step, padded to the
+    /// longest: `[seqs, kv_heads, keys, head_dim]`, with the padding mask
+    /// `[seqs, 1, 1, keys]` (`None` when no sequence is padded).
+    pub fn read_decode(
+        &self,
+        layer: usize,
+        step: &StepKv,
+    ) -> Result<Option<(Tensor, Tensor, Option<Tensor>)>> {
+        let (g, slot) = self.groups.layer_slots[layer];
+        let Some(d) = &step.groups[g].decode else {
+            return Ok(None);
+        };
+        let gather = |pool: &Tensor| {
+            pool.index_select(&d.idx, 0)?
+                .reshape((d.seqs, d.keys, self.kv_heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        Ok(Some((
+            gather(&self.k[slot])?,
+            gather(&self.v[slot])?,
+            d.mask.clone(),
+        )))
     }
 }
 
-/// The KV state of one sequence across all layers.
-#[derive(Debug, Clone)]
-pub struct SeqKv {
-    layers: Vec<LayerKv>,
-    /// Tokens processed so far (the next token's position).
-    len: usize,
+/// The decoding sequences' key slots, padded to the longest.
+#[derive(Debug)]
+struct DecodeGather {
+    seqs: usize,
+    keys: usize,
+    /// `[seqs * keys]` slots; padding repeats a sequence's last slot.
+    idx: Tensor,
+    mask: Option<Tensor>,
 }
 
-impl SeqKv {
-    pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: vec![LayerKv::default(); num_layers],
-            len: 0,
+impl DecodeGather {
+    fn new(rows: Vec<(usize, Vec<u32>)>, device: &Device, dtype: DType) -> Result<Option<Self>> {
+        let Some(keys) = rows.iter().map(|(_, s)| s.len()).max() else {
+            return Ok(None);
+        };
+        let seqs = rows.len();
+        let mut idx = Vec::with_capacity(seqs * keys);
+        let mut mask = Vec::with_capacity(seqs * keys);
+        for (_, slots) in &rows {
+            let last = slots.last().copied().unwrap_or(0);
+            idx.extend_from_slice(slots);
+            idx.extend(std::iter::repeat_n(last, keys - slots.len()));
+            mask.extend(std::iter::repeat_n(0f32, slots.len()));
+            mask.extend(std::iter::repeat_n(f32::NEG_INFINITY, keys - slots.len()));
+        }
+        let padded = rows.iter().any(|(_, s)| s.len() != keys);
+        let mask = if padded {
+            Some(Tensor::from_vec(mask, (seqs, 1, 1, keys), device)?.to_dtype(dtype)?)
+        } else {
+            None
+        };
+        Ok(Some(Self {
+            seqs,
+            keys,
+            idx: Tensor::from_vec(idx, seqs * keys, device)?,
+            mask,
+        }))
+    }
+}
+
+/// One step's slot indices, per group.
+#[derive(Debug)]
+pub struct StepKv {
+    groups: Vec<GroupStep>,
+    /// Packed rows of the decoding sequences, when some sequences are not decoding.
+    decode_rows: Option<Tensor>,
+    all_decode: bool,
+}
+
+impl StepKv {
+    /// The decoding sequences' queries out of the step's packed rows.
+    pub fn decode_queries(&self, q: &Tensor) -> Result<Tensor> {
+        match &self.decode_rows {
+            Some(rows) => q.index_select(rows, 0),
+            None => Ok(q.clone()),
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.len
+    pub fn all_decode(&self) -> bool {
+        self.all_decode
     }
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
+#[derive(Debug)]
+struct GroupStep {
+    /// Slot of every new token, broadcast over the row: `[tokens, row]`.
+    write: Tensor,
+    /// Slots every prefilling sequence reads, concatenated.
+    read: Tensor,
+    reads: Vec<SeqRead>,
+    decode: Option<DecodeGather>,
+}
 
-    pub(crate) fn layer_mut(&mut self, i: usize) -> &mut LayerKv {
-        &mut self.layers[i]
-    }
-
-    pub(crate) fn advance(&mut self, n: usize) {
-        self.len += n;
-    }
-
-    /// Tokens held across all layers (sliding layers hold fewer).
-    pub fn cached_tokens(&self) -> usize {
-        self.layers.iter().map(LayerKv::cached_tokens).sum()
-    }
+#[derive(Debug)]
+struct SeqRead {
+    offset: usize,
+    len: usize,
+    k_start: usize,
 }

@@ -7,12 +7,14 @@
 pub mod attention;
 pub mod batch;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod executor;
 pub mod generate;
 pub mod hub;
 pub mod image_plan;
 pub mod kv;
+pub mod kv_budget;
 pub mod mask;
 pub mod mlp;
 pub mod model;
@@ -21,6 +23,7 @@ pub mod norm;
 pub mod projector;
 pub mod rope;
 pub mod sampling;
+pub mod synthetic;
 pub mod text;
 pub mod verify;
 pub mod vision;
@@ -28,12 +31,15 @@ pub mod weights;
 
 pub use batch::{ForwardBatch, SeqSpan};
 pub use config::{Architecture, LayerType, ModelConfig, TextConfig};
+pub use device::{auto_dtype, device_memory, device_name, parse_device};
 pub use error::ModelError;
 pub use executor::CandleExecutor;
 pub use generate::{generate, generate_with_images, Generation};
-pub use kv::SeqKv;
+pub use kv::KvPool;
+pub use kv_budget::{KvBudget, KvCacheConfig};
 pub use model::Gemma3;
 pub use multimodal::VisionPart;
+pub use synthetic::synthetic_model;
 
 pub use candle_core::{DType, Device};
 

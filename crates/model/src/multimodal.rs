@@ -49,9 +49,21 @@ impl VisionPart {
             "embeddings.patch_embedding.weight",
         )?;
         let proj_prefix = probe(checkpoint, PROJECTOR_LAYOUTS, "mm_input_projection_weight")?;
+        Self::new(mm, text_hidden, vb.pp(tower_prefix), vb.pp(proj_prefix))
+    }
+
+    /// Builds the tower from `tower_vb` (pointing at the SigLIP vision model) and the
+    /// projector from `projector_vb`, whatever backs them: a checkpoint, or random
+    /// weights made in memory (see synthetic.rs).
+    pub fn new(
+        mm: &MultimodalConfig,
+        text_hidden: usize,
+        tower_vb: VarBuilder,
+        projector_vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
-            tower: VisionTower::new(&mm.vision, vb.pp(tower_prefix))?,
-            projector: Projector::new(mm, text_hidden, vb.pp(proj_prefix))?,
+            tower: VisionTower::new(&mm.vision, tower_vb)?,
+            projector: Projector::new(mm, text_hidden, projector_vb)?,
             config: mm.clone(),
         })
     }

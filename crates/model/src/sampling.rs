@@ -52,6 +52,25 @@ impl Sampler {
         *self.generated.entry(token).or_default() += 1;
     }
 
+    /// Greedy with nothing that needs the full logits on the host: no bias,
+    /// penalties, suppressed tokens or log probabilities. The argmax can then be
+    /// taken where the logits are (on the GPU).
+    pub fn is_plain_greedy(&self) -> bool {
+        let p = &self.params;
+        p.is_greedy()
+            && p.logprobs.is_none()
+            && p.logit_bias.is_empty()
+            && p.repetition_penalty == 1.0
+            && p.frequency_penalty == 0.0
+            && p.presence_penalty == 0.0
+            && p.suppress_tokens.is_empty()
+    }
+
+    /// Records a token chosen by an argmax taken elsewhere (see `is_plain_greedy`).
+    pub fn accept_argmax(&mut self, token: u32) {
+        self.observe_output(token);
+    }
+
     /// Picks the next token and records it as generated.
     pub fn sample(&mut self, logits: &[f32]) -> (u32, Option<TokenLogprobs>) {
         let mut processed = logits.to_vec();

@@ -1,5 +1,5 @@
 //! The Gemma 3 text decoder (Gemma3TextModel + tied LM head), batched over packed
-//! sequences with the KV state passed in.
+//! sequences, reading and writing the paged KV pool passed in.
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
@@ -7,7 +7,7 @@ use candle_nn::{Embedding, VarBuilder};
 use crate::attention::Attention;
 use crate::batch::ForwardBatch;
 use crate::config::{LayerType, TextConfig};
-use crate::kv::SeqKv;
+use crate::kv::{KvPool, StepKv};
 use crate::mlp::Mlp;
 use crate::norm::GemmaRmsNorm;
 use crate::rope::{Rope, RopeTables};
@@ -42,11 +42,11 @@ impl DecoderLayer {
         h: &Tensor,
         rope: &RopeTables,
         batch: &ForwardBatch,
-        kvs: &mut [&mut SeqKv],
+        kv: (&KvPool, &StepKv),
         index: usize,
     ) -> Result<Tensor> {
         let x = self.input_layernorm.forward(h)?;
-        let x = self.attn.forward(&x, rope, batch, kvs, index)?;
+        let x = self.attn.forward(&x, rope, batch, kv, index)?;
         let h = (h + self.post_attention_layernorm.forward(&x)?)?;
         let x = self
             .mlp
@@ -124,9 +124,9 @@ impl TextModel {
     }
 
     /// Runs the batch and returns f32 logits `[sequences wanting logits, vocab]`.
-    pub fn forward(&self, batch: &ForwardBatch, kvs: &mut [&mut SeqKv]) -> Result<Tensor> {
+    pub fn forward(&self, batch: &ForwardBatch, kv: &KvPool) -> Result<Tensor> {
         let embeds = self.embed(&batch.token_ids)?;
-        self.forward_embeds(&embeds, batch, kvs)
+        self.forward_embeds(&embeds, batch, kv)
     }
 
     /// As `forward`, from embeddings (image features already merged in).
@@ -134,24 +134,20 @@ impl TextModel {
         &self,
         embeds: &Tensor,
         batch: &ForwardBatch,
-        kvs: &mut [&mut SeqKv],
+        kv: &KvPool,
     ) -> Result<Tensor> {
-        if kvs.len() != batch.spans.len() {
-            candle_core::bail!(
-                "{} KV states for {} sequences",
-                kvs.len(),
-                batch.spans.len()
-            );
-        }
-        for (span, kv) in batch.spans.iter().zip(kvs.iter()) {
-            if span.start_pos != kv.len() {
-                candle_core::bail!(
-                    "sequence starts at {} but its KV state holds {}",
-                    span.start_pos,
-                    kv.len()
-                );
-            }
-        }
+        let step = kv.plan(batch, &self.device)?;
+        self.forward_planned(embeds, batch, kv, &step)
+    }
+
+    /// As `forward_embeds`, with the step's KV slots already planned.
+    pub fn forward_planned(
+        &self,
+        embeds: &Tensor,
+        batch: &ForwardBatch,
+        kv: &KvPool,
+        step: &StepKv,
+    ) -> Result<Tensor> {
         let positions = batch.positions();
         let full = self
             .rope_full
@@ -165,10 +161,7 @@ impl TextModel {
                 LayerType::Full => &full,
                 LayerType::Sliding => &sliding,
             };
-            h = layer.forward(&h, rope, batch, kvs, i)?;
-        }
-        for (span, kv) in batch.spans.iter().zip(kvs.iter_mut()) {
-            kv.advance(span.len);
+            h = layer.forward(&h, rope, batch, (kv, step), i)?;
         }
         self.logits(&h, batch)
     }

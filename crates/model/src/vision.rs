@@ -10,7 +10,7 @@
 //! transformers does.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
 use crate::config::VisionConfig;
 
@@ -146,10 +146,48 @@ impl EncoderLayer {
     }
 }
 
+/// The patch convolution (kernel = stride = patch size) as one matrix product over
+/// the unfolded patches: the same sums, and it runs in every dtype on every device
+/// (candle's CPU convolution has no bf16).
+#[derive(Debug, Clone)]
+struct PatchEmbedding {
+    /// `[hidden, channels * patch * patch]`.
+    weight: Tensor,
+    bias: Tensor,
+    patch: usize,
+}
+
+impl PatchEmbedding {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, p, h) = (cfg.num_channels, cfg.patch_size, cfg.hidden_size);
+        let weight = vb.get((h, c, p, p), "weight")?.reshape((h, c * p * p))?;
+        Ok(Self {
+            weight,
+            bias: vb.get(h, "bias")?,
+            patch: p,
+        })
+    }
+
+    /// `[images, channels, H, W]` → `[images, patches, hidden]`, patch = row * gw + col.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let p = self.patch;
+        let (gh, gw) = (h / p, w / p);
+        let patches = x
+            .reshape((n, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((n, gh * gw, c * p * p))?;
+        patches
+            .broadcast_matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)
+    }
+}
+
 /// SigLIP: patch convolution, learned positions, pre-LN encoder, post LayerNorm.
 #[derive(Debug, Clone)]
 pub struct VisionTower {
-    patch_embedding: Conv2d,
+    patch_embedding: PatchEmbedding,
     position_embedding: Tensor,
     layers: Vec<EncoderLayer>,
     post_layernorm: LayerNormF32,
@@ -161,18 +199,8 @@ impl VisionTower {
     /// `vb` points at the tower (`vision_tower.vision_model`, `vision_tower`, …).
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let act = Act::parse(&cfg.hidden_act)?;
-        let conv_cfg = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
         let emb = vb.pp("embeddings");
-        let patch_embedding = conv2d(
-            cfg.num_channels,
-            cfg.hidden_size,
-            cfg.patch_size,
-            conv_cfg,
-            emb.pp("patch_embedding"),
-        )?;
+        let patch_embedding = PatchEmbedding::new(cfg, emb.pp("patch_embedding"))?;
         let position_embedding = emb
             .pp("position_embedding")
             .get((Self::patches_of(cfg), cfg.hidden_size), "weight")?;
@@ -215,8 +243,6 @@ impl VisionTower {
         let x = self
             .patch_embedding
             .forward(&pixels.to_dtype(self.dtype)?)?;
-        // [N, hidden, gh, gw] → [N, patches, hidden], patch p = row * gw + col.
-        let x = x.flatten_from(2)?.transpose(1, 2)?;
         let mut x = x.broadcast_add(&self.position_embedding)?;
         for layer in &self.layers {
             x = layer.forward(&x)?;

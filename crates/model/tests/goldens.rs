@@ -3,13 +3,19 @@
 mod common;
 
 use common::{fixture, goldens, CHECKPOINTS};
-use medgemma_core::{Executor, FinishReason, SamplingParams, ScheduledSeq, StepBatch};
-use medgemma_model::{generate, CandleExecutor, DType, Device, Gemma3};
+use medgemma_core::{
+    DirectBlocks, Executor, FinishReason, SamplingParams, ScheduledSeq, StepBatch,
+};
+use medgemma_model::{generate, CandleExecutor, DType, Device, Gemma3, KvCacheConfig};
 
 const LOGPROB_TOL: f32 = 1e-4;
 
 fn executor(checkpoint: &str, dtype: DType) -> CandleExecutor {
-    CandleExecutor::new(Gemma3::load(&fixture(checkpoint), dtype, &Device::Cpu).unwrap())
+    CandleExecutor::new(
+        Gemma3::load(&fixture(checkpoint), dtype, &Device::Cpu).unwrap(),
+        &KvCacheConfig::default(),
+    )
+    .unwrap()
 }
 
 fn greedy_no_eos(eos: &[u32]) -> SamplingParams {
@@ -132,6 +138,7 @@ fn batched_forward_equals_single_sequences() {
         let mut pos: Vec<usize> = vec![0; g.prompts.len()];
         let mut next: Vec<Vec<u32>> = g.prompts.iter().map(|p| p.input_ids.clone()).collect();
         let mut got: Vec<Vec<u32>> = vec![Vec::new(); g.prompts.len()];
+        let mut blocks = DirectBlocks::new(&exec.kv_layout());
         // The last prompt joins two steps late.
         let late = g.prompts.len() - 1;
         for step in 0..steps + 2 {
@@ -140,14 +147,17 @@ fn batched_forward_equals_single_sequences() {
                 if (i == late && step < 2) || got[i].len() >= steps {
                     continue;
                 }
-                seqs.push(ScheduledSeq {
+                let mut seq = ScheduledSeq {
                     seq_id: 100 + i as u64,
                     tokens: next[i].clone(),
                     start_pos: pos[i],
                     sample: true,
                     sampling: params.clone(),
                     images: Vec::new(),
-                });
+                    block_tables: Vec::new(),
+                };
+                blocks.assign(&mut seq).unwrap();
+                seqs.push(seq);
             }
             let out = exec.step(&StepBatch { seqs: seqs.clone() }).unwrap();
             for (s, o) in seqs.iter().zip(out.outputs) {
@@ -173,15 +183,18 @@ fn chunked_prefill_equals_one_prefill() {
     let params = greedy_no_eos(&g.eos_suppressed);
     let mut start = 0;
     let mut last = None;
+    let mut blocks = DirectBlocks::new(&exec.kv_layout());
     for chunk in p.input_ids.chunks(7) {
-        let seq = ScheduledSeq {
+        let mut seq = ScheduledSeq {
             seq_id: 9,
             tokens: chunk.to_vec(),
             start_pos: start,
             sample: start + chunk.len() == p.input_ids.len(),
             sampling: params.clone(),
             images: Vec::new(),
+            block_tables: Vec::new(),
         };
+        blocks.assign(&mut seq).unwrap();
         start += chunk.len();
         last = exec.step(&StepBatch { seqs: vec![seq] }).unwrap().outputs[0].token;
     }

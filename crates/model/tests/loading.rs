@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, goldens};
 use medgemma_core::SamplingParams;
-use medgemma_model::{generate, CandleExecutor, Gemma3};
+use medgemma_model::{generate, CandleExecutor, Gemma3, KvCacheConfig};
 
 fn copy_side_files(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
@@ -39,7 +39,11 @@ fn variant(
 fn first_ids(dir: &Path, n: usize) -> Vec<u32> {
     let g = goldens("tiny-gemma3");
     let p = &g.prompts[0];
-    let mut exec = CandleExecutor::new(Gemma3::load(dir, DType::F32, &Device::Cpu).unwrap());
+    let mut exec = CandleExecutor::new(
+        Gemma3::load(dir, DType::F32, &Device::Cpu).unwrap(),
+        &KvCacheConfig::default(),
+    )
+    .unwrap();
     let params = SamplingParams {
         suppress_tokens: g.eos_suppressed.clone(),
         ..SamplingParams::greedy()

@@ -4,8 +4,12 @@ mod image_common;
 
 use candle_core::{DType, Device, Tensor};
 use image_common::{fixture, image_goldens, image_inputs, pixel_values, soft_token_runs};
-use medgemma_core::{Executor, ExecutorError, SamplingParams, ScheduledSeq, StepBatch};
-use medgemma_model::{generate_with_images, CandleExecutor, ForwardBatch, Gemma3, SeqKv};
+use medgemma_core::{
+    DirectBlocks, Executor, ExecutorError, SamplingParams, ScheduledSeq, StepBatch,
+};
+use medgemma_model::{
+    generate_with_images, CandleExecutor, ForwardBatch, Gemma3, KvCacheConfig, KvPool,
+};
 
 const LOGPROB_TOL: f32 = 1e-4;
 
@@ -48,7 +52,7 @@ fn greedy_ids_and_top5_equal_transformers_on_image_prompts() {
     let tok = image_token(&m);
     let pixels = pixel_values();
     let g = image_goldens();
-    let mut exec = CandleExecutor::new(m);
+    let mut exec = CandleExecutor::new(m, &KvCacheConfig::default()).unwrap();
     for p in &g.prompts {
         let images = image_inputs(p, &pixels, tok);
         let n = p.greedy_ids.len();
@@ -88,11 +92,21 @@ fn prefill_logits(m: &Gemma3, p: &image_common::ImagePrompt, groups: Option<Vec<
     let mut batch = ForwardBatch::default();
     batch.push(&p.input_ids, 0, true);
     batch.spans[0].image_groups = groups;
-    let mut kv = SeqKv::new(m.config.text.num_hidden_layers);
-    let logits = m
-        .text
-        .forward_embeds(&merged, &batch, &mut [&mut kv])
+    let pool = KvPool::new(&m.config.text, 16, 128, DType::F32, &Device::Cpu).unwrap();
+    let mut seq = ScheduledSeq {
+        seq_id: 1,
+        tokens: p.input_ids.clone(),
+        start_pos: 0,
+        sample: true,
+        sampling: SamplingParams::greedy(),
+        images: Vec::new(),
+        block_tables: Vec::new(),
+    };
+    DirectBlocks::new(&pool.layout(1024))
+        .assign(&mut seq)
         .unwrap();
+    batch.spans[0].block_tables = seq.block_tables;
+    let logits = m.text.forward_embeds(&merged, &batch, &pool).unwrap();
     logits.flatten_all().unwrap().to_vec1().unwrap()
 }
 
@@ -163,7 +177,7 @@ fn batched_requests_with_images_equal_goldens() {
     let pixels = pixel_values();
     let g = image_goldens();
     let params = greedy(&g.eos_suppressed);
-    let mut exec = CandleExecutor::new(m);
+    let mut exec = CandleExecutor::new(m, &KvCacheConfig::default()).unwrap();
     let steps = 8;
     let mut seqs: Vec<ScheduledSeq> = g
         .prompts
@@ -176,10 +190,15 @@ fn batched_requests_with_images_equal_goldens() {
             sample: true,
             sampling: params.clone(),
             images: image_inputs(p, &pixels, tok),
+            block_tables: Vec::new(),
         })
         .collect();
     let mut got = vec![Vec::new(); seqs.len()];
+    let mut blocks = DirectBlocks::new(&exec.kv_layout());
     for _ in 0..steps {
+        for s in seqs.iter_mut() {
+            blocks.assign(s).unwrap();
+        }
         let out = exec.step(&StepBatch { seqs: seqs.clone() }).unwrap();
         for ((s, o), ids) in seqs.iter_mut().zip(out.outputs).zip(got.iter_mut()) {
             let t = o.token.unwrap();
@@ -204,10 +223,14 @@ fn one_image_seq(m: &Gemma3) -> ScheduledSeq {
         sample: true,
         sampling: SamplingParams::greedy(),
         images: image_inputs(p, &pixel_values(), image_token(m)),
+        block_tables: Vec::new(),
     }
 }
 
-fn invalid(exec: &mut CandleExecutor, seq: ScheduledSeq) -> String {
+fn invalid(exec: &mut CandleExecutor, mut seq: ScheduledSeq) -> String {
+    DirectBlocks::new(&exec.kv_layout())
+        .assign(&mut seq)
+        .unwrap();
     match exec.step(&StepBatch { seqs: vec![seq] }) {
         Err(ExecutorError::InvalidBatch(msg)) => msg,
         other => panic!("expected InvalidBatch, got {other:?}"),
@@ -218,7 +241,7 @@ fn invalid(exec: &mut CandleExecutor, seq: ScheduledSeq) -> String {
 fn bad_image_batches_are_invalid_not_panics() {
     let m = model();
     let base = one_image_seq(&m);
-    let mut exec = CandleExecutor::new(m);
+    let mut exec = CandleExecutor::new(m, &KvCacheConfig::default()).unwrap();
     let start = base.images[0].placeholder_start;
 
     let mut split = base.clone();
@@ -245,6 +268,10 @@ fn bad_image_batches_are_invalid_not_panics() {
     assert!(invalid(&mut exec, wrong_size).contains("vision tower takes"));
 
     // Nothing was left behind: the valid sequence still runs from position 0.
+    let mut base = base;
+    DirectBlocks::new(&exec.kv_layout())
+        .assign(&mut base)
+        .unwrap();
     assert!(exec.step(&StepBatch { seqs: vec![base] }).is_ok());
 }
 
@@ -253,7 +280,7 @@ fn text_only_model_rejects_images() {
     let text = Gemma3::load(&fixture("tiny-gemma3-text"), DType::F32, &Device::Cpu).unwrap();
     assert!(text.vision.is_none());
     let seq = one_image_seq(&model());
-    let mut exec = CandleExecutor::new(text);
+    let mut exec = CandleExecutor::new(text, &KvCacheConfig::default()).unwrap();
     assert!(invalid(&mut exec, seq).contains("no vision tower"));
 }
 

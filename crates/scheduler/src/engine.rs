@@ -3,7 +3,10 @@
 use std::collections::VecDeque;
 use std::sync::{mpsc, Arc};
 
-use medgemma_core::{Executor, FinishReason, GenerateRequest, SeqId, StepBatch, TokenEvent};
+use medgemma_core::{
+    BlockManager, Executor, FinishReason, GenerateRequest, ScheduledSeq, SeqId, StepBatch,
+    TokenEvent,
+};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::handle::SchedulerConfig;
@@ -23,6 +26,7 @@ pub(crate) enum Incoming {
 pub(crate) struct Engine<E: Executor> {
     config: SchedulerConfig,
     executor: E,
+    blocks: BlockManager,
     stats: Arc<SchedulerStats>,
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
@@ -31,9 +35,12 @@ pub(crate) struct Engine<E: Executor> {
 
 impl<E: Executor> Engine<E> {
     pub fn new(config: SchedulerConfig, executor: E, stats: Arc<SchedulerStats>) -> Self {
+        let blocks = BlockManager::new(&executor.kv_layout());
+        SchedulerStats::set(&stats.kv_blocks_total, blocks.total());
         Self {
             config,
             executor,
+            blocks,
             stats,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -77,23 +84,46 @@ impl<E: Executor> Engine<E> {
     fn publish(&self) {
         SchedulerStats::set(&self.stats.waiting, self.waiting.len());
         SchedulerStats::set(&self.stats.running, self.running.len());
+        SchedulerStats::set(&self.stats.kv_blocks_used, self.blocks.used_blocks());
+    }
+
+    /// Frees a sequence that leaves the engine: its blocks and the executor's state.
+    fn retire(&mut self, mut seq: Sequence) -> Sequence {
+        self.blocks.free(&mut seq.blocks);
+        self.executor.release(seq.id);
+        seq
     }
 
     fn drop_cancelled(&mut self) {
-        let before = self.running.len() + self.waiting.len();
-        for seq in self.running.iter().filter(|s| s.is_cancelled()) {
-            self.executor.release(seq.id);
+        let mut gone = 0;
+        for seq in std::mem::take(&mut self.running) {
+            if seq.is_cancelled() {
+                self.retire(seq);
+                gone += 1;
+            } else {
+                self.running.push(seq);
+            }
         }
-        self.running.retain(|s| !s.is_cancelled());
-        self.waiting.retain(|s| !s.is_cancelled());
-        let gone = before - self.running.len() - self.waiting.len();
-        SchedulerStats::add(&self.stats.cancelled, gone as u64);
+        for seq in std::mem::take(&mut self.waiting) {
+            if seq.is_cancelled() {
+                self.retire(seq);
+                gone += 1;
+            } else {
+                self.waiting.push_back(seq);
+            }
+        }
+        SchedulerStats::add(&self.stats.cancelled, gone);
         self.publish();
     }
 
     fn cancel_all(&mut self) {
-        for seq in self.running.drain(..).chain(self.waiting.drain(..)) {
-            self.executor.release(seq.id);
+        let all: Vec<Sequence> = self
+            .running
+            .drain(..)
+            .chain(self.waiting.drain(..))
+            .collect();
+        for seq in all {
+            let seq = self.retire(seq);
             let _ = seq.tx.send(TokenEvent::Finished {
                 reason: FinishReason::Cancelled,
                 usage: seq.usage(),
@@ -102,27 +132,129 @@ impl<E: Executor> Engine<E> {
         self.publish();
     }
 
-    /// Running sequences first, then waiting ones while the budget allows.
+    /// Running sequences first (oldest first, preempting the newest when blocks run
+    /// out), then waiting ones, in order, while the token budget, `max_num_seqs`
+    /// and the free blocks allow.
     fn plan(&mut self) -> StepBatch {
         let mut budget = self.config.max_num_batched_tokens;
         let mut batch = StepBatch::default();
-        for seq in &self.running {
-            if let Some(chunk) = next_chunk(seq, budget.max(1)) {
-                budget = budget.saturating_sub(chunk.tokens.len());
-                batch.seqs.push(chunk);
+        let mut i = 0;
+        while i < self.running.len() {
+            let Some(whole) = next_chunk(&self.running[i], budget.max(1)) else {
+                i += 1;
+                continue;
+            };
+            // A prefill chunk shrinks to the free blocks before anyone is preempted.
+            let free = self.blocks.free_blocks();
+            let chunk = self
+                .fitting_chunk(&self.running[i], whole.tokens.len(), free)
+                .unwrap_or(whole);
+            if !self.reserve(i, &chunk) {
+                break; // The sequence preempted itself: no older one is left to run.
             }
+            budget = budget.saturating_sub(chunk.tokens.len());
+            batch.seqs.push(self.with_tables(i, chunk));
+            i += 1;
         }
         while budget > 0 && self.running.len() < self.config.max_num_seqs {
-            let Some(seq) = self.waiting.pop_front() else {
+            let Some(seq) = self.waiting.front() else {
                 break;
             };
-            if let Some(chunk) = next_chunk(&seq, budget) {
-                budget = budget.saturating_sub(chunk.tokens.len());
-                batch.seqs.push(chunk);
+            // Leave a few blocks for the running sequences' next tokens.
+            let reserve = if self.running.is_empty() {
+                0
+            } else {
+                self.watermark()
+            };
+            let avail = self.blocks.free_blocks().saturating_sub(reserve);
+            let Some(chunk) = self.fitting_chunk(seq, budget, avail) else {
+                break;
+            };
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            let end = chunk.start_pos + chunk.tokens.len();
+            if self
+                .blocks
+                .extend(&mut seq.blocks, chunk.start_pos, end)
+                .is_err()
+            {
+                self.waiting.push_front(seq);
+                break;
             }
+            budget = budget.saturating_sub(chunk.tokens.len());
             self.running.push(seq);
+            batch
+                .seqs
+                .push(self.with_tables(self.running.len() - 1, chunk));
         }
         batch
+    }
+
+    /// The longest next chunk of `seq` within `budget` tokens whose blocks fit in
+    /// `avail` free blocks (a prefill is cut shorter rather than waiting).
+    fn fitting_chunk(&self, seq: &Sequence, budget: usize, avail: usize) -> Option<ScheduledSeq> {
+        let fits = |c: &ScheduledSeq| {
+            let end = c.start_pos + c.tokens.len();
+            self.blocks.needed(&seq.blocks, c.start_pos, end) <= avail
+        };
+        let whole = next_chunk(seq, budget)?;
+        if fits(&whole) {
+            return Some(whole);
+        }
+        // Largest fitting length by bisection: blocks needed grow with the length.
+        let (mut lo, mut hi) = (0, whole.tokens.len());
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match next_chunk(seq, mid) {
+                Some(c) if fits(&c) => lo = mid,
+                _ => hi = mid,
+            }
+        }
+        next_chunk(seq, lo).filter(fits)
+    }
+
+    /// Blocks kept free when admitting: one per running sequence, at most 1% of the pool.
+    fn watermark(&self) -> usize {
+        self.running.len().min(self.blocks.total() / 100)
+    }
+
+    fn with_tables(&self, i: usize, mut chunk: ScheduledSeq) -> ScheduledSeq {
+        chunk.block_tables = self.running[i].blocks.tables.clone();
+        chunk
+    }
+
+    /// Gives running sequence `i` the blocks its chunk needs, preempting the newest
+    /// running sequences until it fits; false when `i` itself had to go.
+    fn reserve(&mut self, i: usize, chunk: &ScheduledSeq) -> bool {
+        let end = chunk.start_pos + chunk.tokens.len();
+        loop {
+            let seq = &mut self.running[i];
+            if self
+                .blocks
+                .extend(&mut seq.blocks, chunk.start_pos, end)
+                .is_ok()
+            {
+                return true;
+            }
+            let victim = self.running.len() - 1;
+            self.preempt(victim);
+            if victim == i {
+                return false;
+            }
+        }
+    }
+
+    /// Takes a running sequence's blocks back; it waits at the front and is
+    /// recomputed from its prompt and the tokens it has generated so far.
+    fn preempt(&mut self, i: usize) {
+        let mut seq = self.running.remove(i);
+        self.blocks.free(&mut seq.blocks);
+        seq.computed = 0;
+        seq.preemptions += 1;
+        SchedulerStats::add(&self.stats.preemptions, 1);
+        tracing::debug!(seq = seq.id, "preempted: KV blocks exhausted");
+        self.waiting.push_front(seq);
     }
 
     fn step(&mut self) {
@@ -154,13 +286,14 @@ impl<E: Executor> Engine<E> {
         };
         let max_len = self.config.max_model_len;
         let seq = &mut self.running[idx];
-        if seq.computed < seq.prompt_len() {
-            SchedulerStats::add(
-                &self.stats.prompt_tokens,
-                ran.min(seq.prompt_len() - seq.computed) as u64,
-            );
-        }
         seq.computed += ran;
+        let prompt_done = seq.computed.min(seq.prompt_len());
+        if prompt_done > seq.prompt_counted {
+            let n = prompt_done - seq.prompt_counted;
+            SchedulerStats::add(&self.stats.prompt_tokens, n as u64);
+            seq.prompt_counted = prompt_done;
+        }
+        self.blocks.trim(&mut seq.blocks, seq.computed);
         let Some(token) = token else { return };
         let finish = seq.accept(token, max_len);
         if finish != Some(FinishReason::Stop) {
@@ -172,7 +305,7 @@ impl<E: Executor> Engine<E> {
         }
         if let Some(reason) = finish {
             let seq = self.running.remove(idx);
-            self.executor.release(seq.id);
+            let seq = self.retire(seq);
             SchedulerStats::add(&self.stats.finished, 1);
             let _ = seq.tx.send(TokenEvent::Finished {
                 reason,
@@ -190,7 +323,7 @@ impl<E: Executor> Engine<E> {
         for planned in &batch.seqs {
             if let Some(idx) = self.running.iter().position(|s| s.id == planned.seq_id) {
                 let seq = self.running.remove(idx);
-                self.executor.release(seq.id);
+                let seq = self.retire(seq);
                 SchedulerStats::add(&self.stats.failed, 1);
                 let _ = seq.tx.send(TokenEvent::Failed(msg.to_string()));
             }

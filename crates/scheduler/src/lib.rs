@@ -8,6 +8,7 @@
 
 mod engine;
 mod handle;
+pub mod load;
 mod plan;
 mod seq;
 mod stats;

@@ -38,5 +38,6 @@ pub(crate) fn next_chunk(seq: &Sequence, budget: usize) -> Option<ScheduledSeq> 
         sample: end == seq.tokens.len(),
         sampling: seq.req.sampling.clone(),
         images,
+        block_tables: Vec::new(),
     })
 }

@@ -1,6 +1,6 @@
 //! One request's sequence inside the engine.
 
-use medgemma_core::{FinishReason, GenerateRequest, SeqId, TokenEvent, Usage};
+use medgemma_core::{FinishReason, GenerateRequest, SeqBlocks, SeqId, TokenEvent, Usage};
 use tokio::sync::mpsc::UnboundedSender;
 
 pub(crate) struct Sequence {
@@ -12,6 +12,12 @@ pub(crate) struct Sequence {
     /// Tokens already in the executor's KV state.
     pub computed: usize,
     pub generated: usize,
+    /// The KV blocks the sequence holds (none while waiting).
+    pub blocks: SeqBlocks,
+    /// Prompt tokens counted in the metrics (a preempted sequence recomputes them).
+    pub prompt_counted: usize,
+    /// Times the sequence was preempted.
+    pub preemptions: usize,
 }
 
 impl Sequence {
@@ -24,6 +30,9 @@ impl Sequence {
             tokens,
             computed: 0,
             generated: 0,
+            blocks: SeqBlocks::default(),
+            prompt_counted: 0,
+            preemptions: 0,
         }
     }
 

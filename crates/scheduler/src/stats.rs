@@ -14,6 +14,11 @@ pub struct SchedulerStats {
     pub cancelled: AtomicU64,
     pub failed: AtomicU64,
     pub finished: AtomicU64,
+    /// KV blocks in the pool, and those held by sequences.
+    pub kv_blocks_total: AtomicUsize,
+    pub kv_blocks_used: AtomicUsize,
+    /// Running sequences whose blocks were taken back (recomputed later).
+    pub preemptions: AtomicU64,
 }
 
 impl SchedulerStats {

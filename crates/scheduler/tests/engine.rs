@@ -8,17 +8,64 @@ use medgemma_core::{
     Executor, ExecutorError, FinishReason, GenerateRequest, KvLayout, Prompt, SamplingParams,
     SeqId, SeqOutput, StepBatch, StepOutput, StopCriteria, TokenEvent,
 };
-use medgemma_scheduler::{SchedulerConfig, SchedulerHandle, SubmitError};
+use medgemma_scheduler::{SchedulerConfig, SchedulerHandle, SchedulerStats, SubmitError};
 
-/// Emits `last token + 1`; records every batch it ran.
-#[derive(Clone, Default)]
+/// Emits `last token + 1`; records every batch it ran; checks that positions are
+/// contiguous (or restart at 0 after a preemption), that block tables hold every
+/// slot a chunk writes and reads, and that no block serves two sequences at once.
+#[derive(Clone)]
 struct Fake {
     log: Arc<Mutex<Vec<StepBatch>>>,
     held: Arc<Mutex<HashMap<SeqId, usize>>>,
+    layout: KvLayout,
+}
+
+impl Default for Fake {
+    fn default() -> Self {
+        Self::with_pool(10_000, vec![None])
+    }
+}
+
+impl Fake {
+    fn with_pool(num_blocks: usize, groups: Vec<Option<usize>>) -> Self {
+        Self {
+            log: Arc::default(),
+            held: Arc::default(),
+            layout: KvLayout {
+                max_seq_len: 1000,
+                block_size: 4,
+                num_blocks,
+                groups,
+                bytes_per_block: 1,
+            },
+        }
+    }
+
+    fn check_tables(&self, batch: &StepBatch) {
+        let bs = self.layout.block_size;
+        let mut owners: HashMap<u32, SeqId> = HashMap::new();
+        for s in &batch.seqs {
+            assert_eq!(s.block_tables.len(), self.layout.groups.len());
+            let end = s.start_pos + s.tokens.len();
+            for (table, window) in s.block_tables.iter().zip(&self.layout.groups) {
+                let first = window.map_or(0, |w| s.start_pos.saturating_sub(w - 1));
+                for pos in first..end {
+                    let slot = table.slot(pos, bs);
+                    assert!(slot.is_some(), "seq {} lacks position {pos}", s.seq_id);
+                    assert!(slot.unwrap() < self.layout.num_blocks * bs);
+                }
+                for &b in &table.blocks {
+                    let owner = owners.insert(b, s.seq_id);
+                    assert!(owner.is_none(), "block {b} given to two sequences");
+                }
+            }
+        }
+    }
 }
 
 impl Executor for Fake {
     fn step(&mut self, batch: &StepBatch) -> Result<StepOutput, ExecutorError> {
+        self.check_tables(batch);
         self.log.lock().unwrap().push(batch.clone());
         let mut held = self.held.lock().unwrap();
         let outputs = batch
@@ -26,8 +73,11 @@ impl Executor for Fake {
             .iter()
             .map(|s| {
                 let n = held.entry(s.seq_id).or_default();
-                assert_eq!(*n, s.start_pos, "positions are contiguous");
-                *n += s.tokens.len();
+                assert!(
+                    *n == s.start_pos || s.start_pos == 0,
+                    "positions are contiguous or restart after a preemption"
+                );
+                *n = s.start_pos + s.tokens.len();
                 SeqOutput {
                     seq_id: s.seq_id,
                     token: s.sample.then(|| s.tokens.last().unwrap() + 1),
@@ -41,11 +91,7 @@ impl Executor for Fake {
         self.held.lock().unwrap().remove(&seq);
     }
     fn kv_layout(&self) -> KvLayout {
-        KvLayout {
-            max_seq_len: 1000,
-            num_layers: 1,
-            bytes_per_token: 1,
-        }
+        self.layout.clone()
     }
 }
 
@@ -164,11 +210,12 @@ fn a_full_queue_refuses_and_empty_prompts_are_invalid() {
     h.shutdown();
 }
 
-/// Thousands of random joins, early drops and completions: every sequence the
-/// executor ever held is released, and every kept stream ends with Finished.
+/// Thousands of random joins, early drops and completions on a pool small enough
+/// to preempt: every sequence the executor ever held is released, every block
+/// returns to the pool, and every kept stream ends with its full output.
 #[test]
 fn random_joins_leaves_and_cancels_leak_nothing() {
-    let fake = Fake::default();
+    let fake = Fake::with_pool(60, vec![None, Some(8), Some(8)]);
     let f = fake.clone();
     let h = SchedulerHandle::spawn(
         SchedulerConfig {
@@ -188,13 +235,13 @@ fn random_joins_leaves_and_cancels_leak_nothing() {
     };
     let mut kept = Vec::new();
     for i in 0..2000 {
-        let prompt: Vec<u32> = (0..1 + next(40) as u32).collect();
-        let stream = h
-            .submit(request(prompt, 1 + next(20) as usize, vec![]))
-            .unwrap();
+        let len = 1 + next(40) as u32;
+        let prompt: Vec<u32> = (0..len).collect();
+        let max_new = 1 + next(20) as u32;
+        let stream = h.submit(request(prompt, max_new as usize, vec![])).unwrap();
         match next(3) {
             0 => drop(stream),
-            1 => kept.push(stream),
+            1 => kept.push((stream, (len..len + max_new).collect::<Vec<u32>>())),
             _ => {
                 let mut s = stream;
                 if i % 2 == 0 {
@@ -204,10 +251,10 @@ fn random_joins_leaves_and_cancels_leak_nothing() {
             }
         }
     }
-    for s in kept {
+    for (s, want) in kept {
         let (ids, reason) = collect(s);
         assert_eq!(reason, FinishReason::Length);
-        assert!(!ids.is_empty());
+        assert_eq!(ids, want, "output survives preemption unchanged");
     }
     let start = Instant::now();
     while !fake.held.lock().unwrap().is_empty() {
@@ -218,8 +265,127 @@ fn random_joins_leaves_and_cancels_leak_nothing() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    let stats = h.stats();
+    let used = || SchedulerStats::get(&stats.kv_blocks_used);
+    while used() != 0 {
+        assert!(start.elapsed().as_secs() < 30, "{} blocks leaked", used());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(SchedulerStats::get(&stats.kv_blocks_total), 60);
+    assert!(
+        SchedulerStats::count(&stats.preemptions) > 0,
+        "the pool was small enough to preempt"
+    );
     h.shutdown();
     for batch in fake.log.lock().unwrap().iter() {
         assert!(batch.seqs.len() <= 8, "max_num_seqs respected");
+        let n: usize = batch.seqs.iter().map(|s| s.tokens.len()).sum();
+        assert!(n <= 16 + batch.seqs.len(), "budget respected");
+    }
+}
+
+fn wait_for_no_blocks(h: &SchedulerHandle) {
+    let start = Instant::now();
+    while SchedulerStats::get(&h.stats().kv_blocks_used) != 0 {
+        assert!(start.elapsed().as_secs() < 10, "blocks leaked");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn when_blocks_run_out_the_newest_is_preempted_and_resumes() {
+    // 12 blocks of 4 tokens, one full-attention group: 48 token slots for four
+    // sequences that grow to 20 tokens each.
+    let fake = Fake::with_pool(12, vec![None]);
+    let f = fake.clone();
+    let h = SchedulerHandle::spawn(config(64), move || f);
+    let streams: Vec<_> = (0..4u32)
+        .map(|i| h.submit(request(vec![100 * i; 4], 16, vec![])).unwrap())
+        .collect();
+    for (i, s) in streams.into_iter().enumerate() {
+        let (ids, reason) = collect(s);
+        let base = 100 * i as u32;
+        assert_eq!(ids, (base + 1..base + 17).collect::<Vec<_>>());
+        assert_eq!(reason, FinishReason::Length);
+    }
+    assert!(SchedulerStats::count(&h.stats().preemptions) > 0);
+    wait_for_no_blocks(&h);
+    // The oldest sequence is never the victim while a newer one runs.
+    let log = fake.log.lock().unwrap();
+    let first = log
+        .iter()
+        .take_while(|b| b.seqs.iter().any(|s| s.seq_id == 1))
+        .count();
+    for batch in &log[..first] {
+        let ids: Vec<_> = batch.seqs.iter().map(|s| s.seq_id).collect();
+        assert!(
+            ids.contains(&1),
+            "seq 1 ran in every step until it finished: {ids:?}"
+        );
+    }
+    drop(log);
+    h.shutdown();
+}
+
+#[test]
+fn waiting_requests_start_in_arrival_order() {
+    let fake = Fake::default();
+    let f = fake.clone();
+    let h = SchedulerHandle::spawn(config(8), move || f);
+    let streams: Vec<_> = (0..12u32)
+        .map(|i| {
+            h.submit(request(vec![i; 1 + (i as usize * 7) % 5], 3, vec![]))
+                .unwrap()
+        })
+        .collect();
+    for s in streams {
+        collect(s);
+    }
+    h.shutdown();
+    let mut first_step: HashMap<SeqId, usize> = HashMap::new();
+    for (step, batch) in fake.log.lock().unwrap().iter().enumerate() {
+        for s in &batch.seqs {
+            first_step.entry(s.seq_id).or_insert(step);
+        }
+    }
+    let mut order: Vec<_> = first_step.into_iter().collect();
+    order.sort_by_key(|&(id, step)| (step, id));
+    let ids: Vec<_> = order.iter().map(|&(id, _)| id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "first scheduled in submission order");
+}
+
+#[test]
+fn decodes_keep_running_while_a_long_prompt_is_prefilled() {
+    let fake = Fake::default();
+    let f = fake.clone();
+    let h = SchedulerHandle::spawn(
+        SchedulerConfig {
+            max_model_len: 40_000,
+            ..config(8)
+        },
+        move || f,
+    );
+    // Long enough to still be decoding while the long prompt runs (the fake is instant).
+    let mut short = h.submit(request(vec![1], 30_000, vec![])).unwrap();
+    short.blocking_next(); // decoding now
+    let long = h.submit(request((0..64).collect(), 2, vec![])).unwrap();
+    collect(long);
+    drop(short);
+    h.shutdown();
+    let log = fake.log.lock().unwrap();
+    let prefill_steps: Vec<&StepBatch> = log
+        .iter()
+        .filter(|b| b.seqs.iter().any(|s| s.tokens.len() > 1))
+        .collect();
+    assert!(prefill_steps.len() >= 8, "64 tokens in chunks of at most 8");
+    for b in prefill_steps {
+        let n: usize = b.seqs.iter().map(|s| s.tokens.len()).sum();
+        assert!(n <= 8);
+        assert!(
+            b.seqs.iter().any(|s| s.tokens.len() == 1 && s.sample),
+            "a decode ran beside every prefill chunk"
+        );
     }
 }

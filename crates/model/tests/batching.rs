@@ -1,0 +1,189 @@
+//! Continuous batching on the real engine: 32 concurrent greedy requests of mixed
+//! lengths (with and without images) through the scheduler, on a KV pool small
+//! enough to preempt and a token budget small enough to chunk, give exactly the
+//! ids each request gives alone.
+
+mod common;
+mod image_common;
+
+use std::time::Instant;
+
+use medgemma_core::{
+    Executor, FinishReason, GenerateRequest, ImageInput, Prompt, SamplingParams, StopCriteria,
+    TokenEvent,
+};
+use medgemma_model::{
+    generate_with_images, CandleExecutor, DType, Device, Gemma3, KvBudget, KvCacheConfig,
+};
+use medgemma_scheduler::{SchedulerConfig, SchedulerHandle, SchedulerStats};
+
+struct Case {
+    prompt: Vec<u32>,
+    images: Vec<ImageInput>,
+    max_new: usize,
+}
+
+fn executor(ckpt: &str, kv: &KvCacheConfig) -> CandleExecutor {
+    let model = Gemma3::load(&common::fixture(ckpt), DType::F32, &Device::Cpu).unwrap();
+    CandleExecutor::new(model, kv).unwrap()
+}
+
+/// 32 requests: every golden prompt, cut at several points, with different lengths
+/// to generate; on the multimodal checkpoint the image prompts too.
+fn cases(ckpt: &str, with_images: bool) -> Vec<Case> {
+    let g = common::goldens(ckpt);
+    let mut out = Vec::new();
+    if with_images {
+        let model = Gemma3::load(&common::fixture(ckpt), DType::F32, &Device::Cpu).unwrap();
+        let tok = model.config.multimodal.as_ref().unwrap().image_token_id;
+        let pixels = image_common::pixel_values();
+        for (i, p) in image_common::image_goldens().prompts.iter().enumerate() {
+            out.push(Case {
+                prompt: p.input_ids.clone(),
+                images: image_common::image_inputs(p, &pixels, tok),
+                max_new: 3 + i % 7,
+            });
+        }
+    }
+    let mut i = 0;
+    while out.len() < 32 {
+        let p = &g.prompts[i % g.prompts.len()];
+        let cut = p.input_ids.len() - (i / g.prompts.len()) * 3 % p.input_ids.len().max(1);
+        out.push(Case {
+            prompt: p.input_ids[..cut.max(1)].to_vec(),
+            images: Vec::new(),
+            max_new: 10 + (i * 13) % 90,
+        });
+        i += 1;
+    }
+    out
+}
+
+fn greedy(eos: &[u32]) -> SamplingParams {
+    SamplingParams {
+        suppress_tokens: eos.to_vec(),
+        ..SamplingParams::greedy()
+    }
+}
+
+fn run_batched(ckpt: &str, cases: &[Case], sampling: &SamplingParams) -> (Vec<Vec<u32>>, u64) {
+    // 4-token blocks, just enough for the longest sequence alone (far less than 32
+    // sequences need), and steps of at most 256 tokens.
+    let longest = cases
+        .iter()
+        .map(|c| c.prompt.len() + c.max_new)
+        .max()
+        .unwrap_or(1);
+    let kv = KvCacheConfig {
+        block_size: 4,
+        budget: KvBudget::Bytes(1 << 20),
+        max_num_seqs: 32,
+        max_model_len: Some(longest),
+        max_num_batched_tokens: 256,
+    };
+    let layout = executor(ckpt, &kv).kv_layout();
+    let blocks = layout.blocks_for(longest, 256) + 1;
+    let kv = KvCacheConfig {
+        budget: KvBudget::Bytes((layout.bytes_per_block * blocks) as u64),
+        ..kv
+    };
+    let exec = executor(ckpt, &kv);
+    let h = SchedulerHandle::spawn(
+        SchedulerConfig {
+            max_num_seqs: 32,
+            max_waiting: 100,
+            max_num_batched_tokens: 256,
+            max_model_len: longest,
+        },
+        move || exec,
+    );
+    let streams: Vec<_> = cases
+        .iter()
+        .map(|c| {
+            h.submit(GenerateRequest {
+                id: "t".into(),
+                prompt: Prompt {
+                    token_ids: c.prompt.clone(),
+                    images: c.images.clone(),
+                },
+                sampling: sampling.clone(),
+                stop: StopCriteria::default(),
+                max_new_tokens: c.max_new,
+                arrival: Instant::now(),
+            })
+            .unwrap()
+        })
+        .collect();
+    let outs = streams
+        .into_iter()
+        .map(|mut s| {
+            let mut ids = Vec::new();
+            loop {
+                match s.blocking_next().unwrap() {
+                    TokenEvent::Token { id, .. } => ids.push(id),
+                    TokenEvent::Finished { reason, .. } => {
+                        assert_eq!(reason, FinishReason::Length);
+                        return ids;
+                    }
+                    TokenEvent::Failed(e) => panic!("{e}"),
+                }
+            }
+        })
+        .collect();
+    let stats = h.stats();
+    let preemptions = SchedulerStats::count(&stats.preemptions);
+    let start = Instant::now();
+    while SchedulerStats::get(&stats.kv_blocks_used) != 0 {
+        assert!(start.elapsed().as_secs() < 10, "KV blocks leaked");
+        std::thread::yield_now();
+    }
+    h.shutdown();
+    (outs, preemptions)
+}
+
+fn check(ckpt: &str, with_images: bool) {
+    let g = common::goldens(ckpt);
+    let sampling = greedy(&g.eos_suppressed);
+    let cases = cases(ckpt, with_images);
+    assert_eq!(cases.len(), 32);
+    let mut alone = executor(ckpt, &KvCacheConfig::default());
+    let want: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|c| {
+            generate_with_images(
+                &mut alone,
+                1,
+                &c.prompt,
+                &c.images,
+                &sampling,
+                &[],
+                c.max_new,
+            )
+            .unwrap()
+            .tokens
+        })
+        .collect();
+    let (got, preemptions) = run_batched(ckpt, &cases, &sampling);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            g,
+            w,
+            "{ckpt} request {i} (images: {})",
+            cases[i].images.len()
+        );
+    }
+    assert!(
+        preemptions > 0,
+        "{ckpt}: the pool was small enough to preempt"
+    );
+}
+
+#[test]
+fn batched_equals_alone_with_images() {
+    check("tiny-gemma3", true);
+}
+
+#[test]
+fn batched_equals_alone_text_only() {
+    check("tiny-gemma3-text", false);
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU checks of a prebuilt CUDA binary, run on the GPU machine:
+#   1. `check`: the fixture checkpoints on cuda:0, f32 greedy ids against the CPU and
+#      transformers' goldens, bf16 first-step logits against f32 on the CPU;
+#   2. `bench`: synthetic MedGemma 4B (real shapes, random weights) in bf16 at
+#      concurrency 1, 8 and 64, plus the time to first token of a one-image request.
+# Usage: [OUT_DIR=dir] bash scripts/gpu-check.sh [path/to/medgemma-server]
+#   (default binary: target-gpu/release/medgemma-server under the project).
+# Writes check.txt, bench-4b.txt and bench-4b.json to $OUT_DIR (default ./gpu-check-out).
+# Each command runs under `timeout` (CHECK_TIMEOUT, BENCH_TIMEOUT seconds), so the
+# whole script ends within about 8 minutes. Exit status: the check's when it failed
+# (124: timed out), else the benchmark's.
+set -uo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${1:-$ROOT/target-gpu/release/medgemma-server}"
+OUT_DIR="${OUT_DIR:-./gpu-check-out}"
+CHECK_TIMEOUT="${CHECK_TIMEOUT:-120}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-360}"
+export MEDGEMMA_LOG="${MEDGEMMA_LOG:-info}"
+RUN="$ROOT/scripts/run-on-device.sh"
+mkdir -p "$OUT_DIR"
+
+echo "== check (at most ${CHECK_TIMEOUT}s)"
+timeout --kill-after=10 "$CHECK_TIMEOUT" bash "$RUN" "$BIN" \
+  check --fixtures "$ROOT/tests/fixtures" --device cuda:0 2>&1 | tee "$OUT_DIR/check.txt"
+check_rc=${PIPESTATUS[0]}
+
+echo "== bench (at most ${BENCH_TIMEOUT}s)"
+timeout --kill-after=10 "$BENCH_TIMEOUT" bash "$RUN" "$BIN" \
+  bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,8,64 \
+  --images 1 --json "$OUT_DIR/bench-4b.json" 2>&1 | tee "$OUT_DIR/bench-4b.txt"
+bench_rc=${PIPESTATUS[0]}
+
+echo "== check exit $check_rc, bench exit $bench_rc; results in $OUT_DIR"
+if [ "$check_rc" -ne 0 ]; then
+  exit "$check_rc"
+fi
+exit "$bench_rc"

@@ -1,0 +1,119 @@
+//! The `bench` and `check` commands end to end on the CPU with the tiny fixtures:
+//! they run, exit as they should and write what they promise. No timing is
+//! asserted, and the numerics of a GPU are checked on one (scripts/gpu-check.sh).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_medgemma-server"))
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn bench_on_a_tiny_config_measures_every_level_and_the_image_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("results/bench.json");
+    let out = bin()
+        .args(["bench", "--synthetic"])
+        .arg(fixtures().join("tiny-gemma3/config.json"))
+        .args(["--device", "cpu", "--concurrency", "1,3"])
+        .args([
+            "--prompt-tokens",
+            "12",
+            "--max-tokens",
+            "5",
+            "--images",
+            "1",
+        ])
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("TTFT p50 ms"), "{stdout}");
+    assert!(stdout.contains("1 image(s) + 20 text tokens"), "{stdout}");
+
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(doc["device"]["name"], "cpu");
+    assert_eq!(doc["dtype"], "f32");
+    assert_eq!(doc["shapes"]["text"]["num_hidden_layers"], 7);
+    let levels = doc["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    for (level, c) in levels.iter().zip([1, 3]) {
+        assert_eq!(level["concurrency"], c);
+        assert_eq!(level["incomplete"], 0, "{level}");
+        assert_eq!(level["output_tokens"], c * 5);
+        assert_eq!(level["prompt_tokens"], c * 12);
+        assert!(level["ttft_ms"]["p50"].as_f64().unwrap() > 0.0, "{level}");
+        assert!(level["itl_ms"]["p99"].as_f64().unwrap() > 0.0, "{level}");
+        assert!(level["peak_memory_bytes"].as_u64().unwrap() > 0, "{level}");
+    }
+    let image = &doc["image_ttft"];
+    assert_eq!(image["images"], 1);
+    assert!(image["with_images_ms"].as_f64().unwrap() > 0.0, "{image}");
+}
+
+#[test]
+fn bench_names_the_presets_when_the_model_is_unknown() {
+    let out = bin()
+        .args(["bench", "--synthetic", "medgemma-9b", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = text(&out);
+    assert!(all.contains("medgemma-4b, medgemma-27b"), "{all}");
+}
+
+#[test]
+fn bench_and_check_refuse_cuda_in_a_cpu_build() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    for args in [
+        &["bench", "--synthetic", "medgemma-4b", "--device", "cuda:0"][..],
+        &["check", "--device", "cuda"][..],
+    ] {
+        let out = bin().args(args).output().unwrap();
+        assert!(!out.status.success());
+        let all = text(&out);
+        assert!(all.contains("rebuild with --features cuda"), "{all}");
+    }
+}
+
+/// The mechanics of `check` (fixtures found, one line per prompt, ids compared);
+/// with the tolerance opened wide, since bf16 on this CPU is not what is checked.
+#[test]
+fn check_runs_every_fixture_prompt_on_the_cpu() {
+    let out = bin()
+        .args(["check", "--fixtures"])
+        .arg(fixtures())
+        .args(["--device", "cpu", "--tolerance", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for fixture in ["tiny-gemma3", "tiny-gemma3-text"] {
+        let lines = stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{fixture}/")))
+            .collect::<Vec<_>>();
+        assert!(!lines.is_empty(), "{stdout}");
+        assert!(lines.iter().all(|l| l.contains(": f32 ok (")), "{stdout}");
+    }
+    assert!(stdout.contains(" 0 failed;"), "{stdout}");
+}
