@@ -1,9 +1,9 @@
 //! Load benchmark of the continuous-batching engine on CPU: a small random model
 //! (hidden 512, 8 layers, vocab 32000, f32, made in memory) behind the real
 //! scheduler and paged KV cache. For each concurrency level it sends that many
-//! requests at once and reports aggregate decode throughput, p50/p99 time to first
-//! token and inter-token latency, and the ratio against the same requests sent one
-//! after another (measured in the same run).
+//! requests at once and reports aggregate output throughput (all generated tokens
+//! over the wall time), p50/p99 time to first token and inter-token latency, and
+//! the ratio against requests sent one after another (measured in the same run).
 //!
 //! cargo bench --bench load                 (all levels: 1, 4, 16, 64)
 //! cargo bench --bench load -- 1,4,16       (chosen levels)
@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use medgemma_core::{GenerateRequest, Prompt, SamplingParams, StopCriteria};
 use medgemma_model::{CandleExecutor, DType, Device, KvBudget, KvCacheConfig, ModelConfig};
-use medgemma_scheduler::load::{percentile, run_concurrent, run_sequential, LoadResult};
+use medgemma_scheduler::load::{figures, run, run_sequential, Figures};
 use medgemma_scheduler::{SchedulerConfig, SchedulerHandle};
 
 const CONFIG: &str = r#"{"architectures":["Gemma3ForCausalLM"],"model_type":"gemma3_text",
@@ -52,19 +52,16 @@ fn requests(n: usize, prompt_len: usize, new: usize, salt: usize) -> Vec<Generat
         .collect()
 }
 
-fn ms(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn row(c: usize, r: &LoadResult, seq_rate: f64) {
+fn row(c: usize, f: &Figures, seq_rate: f64) {
+    let (ttft, itl) = (f.ttft_ms.unwrap_or_default(), f.itl_ms.unwrap_or_default());
     println!(
         "{c:>11} {:>14.1} {:>8.2}x {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
-        r.tokens_per_s(),
-        r.tokens_per_s() / seq_rate,
-        ms(percentile(&r.ttft, 50.0)),
-        ms(percentile(&r.ttft, 99.0)),
-        ms(percentile(&r.itl, 50.0)),
-        ms(percentile(&r.itl, 99.0)),
+        f.output_tok_s,
+        f.output_tok_s / seq_rate,
+        ttft.p50,
+        ttft.p99,
+        itl.p50,
+        itl.p99,
     );
 }
 
@@ -97,10 +94,11 @@ fn main() {
         },
         move || exec,
     );
-    run_concurrent(&h, requests(2, prompt_len, 4, 0)).expect("warm-up");
+    run(&h, requests(2, prompt_len, 4, 0));
     // The one-after-another rate, on 8 requests.
-    let seq = run_sequential(&h, requests(8, prompt_len, new, 1)).expect("sequential");
-    let seq_rate = seq.tokens_per_s();
+    let seq = figures(1, &run_sequential(&h, requests(8, prompt_len, new, 1)));
+    assert_eq!(seq.incomplete, 0, "sequential requests all complete");
+    let seq_rate = seq.output_tok_s;
     println!(
         "load: hidden 512, 8 layers, f32, {} threads; prompt {prompt_len} tokens, {new} new tokens each",
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -108,11 +106,12 @@ fn main() {
     println!("sequential (8 requests one after another): {seq_rate:.1} tokens/s");
     println!(
         "{:>11} {:>14} {:>9} {:>10} {:>10} {:>10} {:>10}",
-        "concurrency", "tokens/s", "vs seq", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99"
+        "concurrency", "output tok/s", "vs seq", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99"
     );
     for (i, &c) in levels.iter().enumerate() {
-        let r = run_concurrent(&h, requests(c, prompt_len, new, 10 + i)).expect("load run");
-        row(c, &r, seq_rate);
+        let f = figures(c, &run(&h, requests(c, prompt_len, new, 10 + i)));
+        assert_eq!(f.incomplete, 0, "{:?}", f.error);
+        row(c, &f, seq_rate);
     }
     println!("(latencies in ms)");
     h.shutdown();

@@ -6,7 +6,7 @@
 //! multimodal config and `--images N`, also the time to first token of one request
 //! carrying N images against the same amount of text alone.
 
-mod level;
+mod level_json;
 mod mem;
 mod report;
 mod workload;
@@ -20,7 +20,7 @@ use medgemma_scheduler::{SchedulerConfig, SchedulerHandle};
 use serde_json::{json, Value};
 
 use crate::cli::BenchArgs;
-use level::Figures;
+use medgemma_scheduler::load::{self as level, Figures};
 use report::ImageTtft;
 use workload::{Rng, TokenPool};
 
@@ -311,7 +311,7 @@ fn document(
             "seed": args.seed,
         },
         "engine": engine,
-        "levels": levels.iter().map(Figures::json).collect::<Vec<_>>(),
+        "levels": levels.iter().map(level_json::figures_json).collect::<Vec<_>>(),
         "image_ttft": image.map(ImageTtft::json),
         "definitions": report::definitions(),
     })

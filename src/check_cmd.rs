@@ -3,12 +3,14 @@
 //! For every fixture folder with a goldens.json: (a) greedy ids in f32 on the device
 //! (end-of-sequence suppressed, as the goldens were made) must equal transformers'
 //! and the CPU's; (b) the first-step logits in bf16 on the device (f16 on GPUs
-//! older than sm_80) must be within the tolerance of f32 on the CPU, measured as
-//! max |a - b| / max |b| over the vocabulary. The logits come from the executor's
+//! older than sm_80) must be within the tolerance of the same dtype on the CPU,
+//! measured as max |a - b| / max |b| over the vocabulary (their distance from f32
+//! on the CPU, which is bf16's own rounding, is reported beside it). The logits come from the executor's
 //! full log-softmax (logprobs for every token), centered: that is the logits minus
 //! their mean, exactly, since log-softmax only subtracts a constant.
 
 mod goldens;
+mod kernels;
 
 use std::path::{Path, PathBuf};
 
@@ -22,9 +24,10 @@ use goldens::{GoldenPrompt, Goldens};
 /// The KV cache of each executor: plenty for the tiny fixtures.
 const KV_BYTES: u64 = 256 << 20;
 
-/// The three executors of one fixture.
+/// The four executors of one fixture.
 struct Runs {
     cpu: CandleExecutor,
+    cpu_low: CandleExecutor,
     dev_f32: CandleExecutor,
     dev_low: CandleExecutor,
     vocab: usize,
@@ -47,7 +50,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
     };
     let fixtures = fixtures(&args.fixtures)?;
     println!(
-        "check: {} ({}) f32 and {} against the CPU in f32 and transformers' goldens",
+        "check: {} ({}) in f32 against the CPU and transformers' goldens, in {} against the CPU",
         medgemma_model::device_name(&device),
         args.device,
         low.as_str()
@@ -56,8 +59,11 @@ pub fn run(args: CheckArgs) -> Result<()> {
     for dir in &fixtures {
         check_fixture(dir, &device, low, args.tolerance, &mut summary)?;
     }
+    if !kernels::check(&device)? {
+        summary.failures += 1;
+    }
     println!(
-        "check: {} prompts in {} fixtures, {} failed; worst {} logit error {:.2e} ({}), \
+        "check: {} prompts in {} fixtures, {} failed; worst {} relative L2 logit error {:.2e} ({}), \
          worst f32 device-vs-CPU {:.2e} ({}); tolerance {:.0e}",
         summary.prompts,
         fixtures.len(),
@@ -122,6 +128,7 @@ fn check_fixture(
     let vocab = cpu.model().config.text.vocab_size;
     let mut runs = Runs {
         cpu,
+        cpu_low: executor(dir, low, &Device::Cpu)?,
         dev_f32: executor(dir, DType::F32, device)
             .with_context(|| format!("{name}: f32 on the device"))?,
         dev_low: executor(dir, low, device)
@@ -165,9 +172,12 @@ fn check_prompt(
     };
 
     let reference = first_logits(&mut runs.cpu, &p.input_ids, &greedy, runs.vocab)?;
+    let low_reference = first_logits(&mut runs.cpu_low, &p.input_ids, &greedy, runs.vocab)?;
     let low = first_logits(&mut runs.dev_low, &p.input_ids, &greedy, runs.vocab)?;
     let f32_dev = first_logits(&mut runs.dev_f32, &p.input_ids, &greedy, runs.vocab)?;
-    let low_err = relative_error(&low, &reference);
+    let low_err = relative_l2(&low, &low_reference);
+    let low_max = relative_error(&low, &low_reference);
+    let low_vs_f32 = relative_l2(&low, &reference);
     let f32_err = relative_error(&f32_dev, &reference);
     let low_ok = low_err <= tol;
     note_worst(&mut summary.worst_low, low_err, label);
@@ -179,10 +189,12 @@ fn check_prompt(
         None => format!("first token {first_low}"),
     };
     println!(
-        "{label}: f32 {} ({ids_note}); low-precision logits {:.2e} {} ({bf16_note}); f32 logits {:.1e}",
+        "{label}: f32 {} ({ids_note}); low-precision logits vs CPU: L2 {:.2e} {} (max {:.1e}; L2 vs CPU f32 {:.1e}; {bf16_note}); f32 logits vs CPU {:.1e}",
         verdict(ids_ok),
         low_err,
         verdict(low_ok),
+        low_max,
+        low_vs_f32,
         f32_err
     );
     Ok(ids_ok && low_ok)
@@ -252,6 +264,22 @@ fn centered(lp: &TokenLogprobs, vocab: usize) -> Result<Vec<f64>> {
     Ok(v.into_iter().map(|x| x - mean).collect())
 }
 
+/// ||a - b|| / ||b|| (L2).
+fn relative_l2(a: &[f64], b: &[f64]) -> f64 {
+    let norm = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 {
+        diff / norm
+    } else {
+        diff
+    }
+}
+
 /// max |a - b| / max |b|.
 fn relative_error(a: &[f64], b: &[f64]) -> f64 {
     let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
@@ -308,6 +336,7 @@ mod tests {
     fn relative_error_is_scaled_by_the_reference() {
         assert!((relative_error(&[1.0, -2.1], &[1.0, -2.0]) - 0.05).abs() < 1e-12);
         assert_eq!(relative_error(&[0.0], &[0.0]), 0.0);
+        assert!((relative_l2(&[3.0, 4.4], &[3.0, 4.0]) - 0.08).abs() < 1e-12);
     }
 
     #[test]

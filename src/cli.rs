@@ -221,8 +221,8 @@ pub struct CheckArgs {
     /// Device to check: cpu, auto, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Largest first-step logit difference of bf16 (f16 on GPUs older than sm_80) on
-    /// the device against f32 on the CPU, relative to the largest |logit|.
+    /// Largest relative L2 difference of the first-step logits in bf16 (f16 on GPUs
+    /// older than sm_80) on the device against the same dtype on the CPU.
     #[arg(long, default_value_t = 2e-2)]
     pub tolerance: f64,
 }

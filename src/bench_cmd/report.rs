@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use medgemma_model::{LayerType, ModelConfig};
 use serde_json::{json, Value};
 
-use super::level::{Figures, Spread};
+use medgemma_scheduler::load::{Figures, Spread};
 
 /// Time to first token of one request with images against the same text alone.
 #[derive(Debug, Clone, Copy)]

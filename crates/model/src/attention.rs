@@ -4,14 +4,14 @@
 //! `attn_logit_softcapping` is parsed but, as in transformers' Gemma 3 (unlike
 //! Gemma 2), never applied: checked on the tiny-gemma3-text fixture, which sets it.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear_no_bias, Linear, VarBuilder};
 
 use crate::batch::ForwardBatch;
-use crate::config::{LayerType, TextConfig};
+use crate::config::TextConfig;
 use crate::kv::{KvPool, StepKv};
-use crate::mask::MaskSpec;
 use crate::norm::GemmaRmsNorm;
+use crate::paged_decode;
 use crate::rope::RopeTables;
 
 #[derive(Debug, Clone)]
@@ -26,11 +26,10 @@ pub struct Attention {
     num_kv_heads: usize,
     head_dim: usize,
     scale: f64,
-    window: Option<usize>,
 }
 
 impl Attention {
-    pub fn new(cfg: &TextConfig, layer_type: LayerType, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         Ok(Self {
@@ -44,7 +43,6 @@ impl Attention {
             num_kv_heads: nkv,
             head_dim: d,
             scale: cfg.query_pre_attn_scalar.powf(-0.5),
-            window: (layer_type == LayerType::Sliding).then_some(cfg.sliding_window),
         })
     }
 
@@ -90,16 +88,7 @@ impl Attention {
                 .narrow(0, span.offset, span.len)?
                 .transpose(0, 1)?
                 .contiguous()?;
-            let (k_all, v_all, k_start) = pool.read(layer, step, i)?;
-            let spec = MaskSpec {
-                q_start: span.start_pos,
-                q_len: span.len,
-                k_start,
-                k_len: k_all.dim(1)?,
-                window: self.window,
-                groups: span.image_groups.as_deref(),
-            };
-            let mask = spec.build(x.dtype(), x.device())?;
+            let (k_all, v_all, mask) = pool.read(layer, step, i)?;
             let o = self.attend(&qs, &k_all, &v_all, mask.as_ref())?;
             outs.push(o.transpose(0, 1)?.reshape((span.len, nq * d))?);
         }
@@ -116,10 +105,27 @@ impl Attention {
         step: &StepKv,
         layer: usize,
     ) -> Result<Option<Tensor>> {
+        let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        if paged_decode::supported(q, d) {
+            let Some(view) = pool.decode_table(layer, step)? else {
+                return Ok(None);
+            };
+            let qd = step.decode_queries(q)?;
+            let b = qd.dim(0)?;
+            let o = paged_decode::paged_decode(
+                &qd,
+                view.k,
+                view.v,
+                &view.slots,
+                &view.lens,
+                nkv,
+                self.scale as f32,
+            )?;
+            return Ok(Some(o.reshape((b, nq * d))?));
+        }
         let Some((k, v, mask)) = pool.read_decode(layer, step)? else {
             return Ok(None);
         };
-        let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let b = k.dim(0)?;
         // [seqs, heads, D] → [seqs, kv_heads, group, D]: heads sharing a kv head stacked.
         let qd = step.decode_queries(q)?.reshape((b, nkv, nq / nkv, d))?;
@@ -127,8 +133,7 @@ impl Attention {
         if let Some(mask) = mask {
             scores = scores.broadcast_add(&mask)?;
         }
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
+        let probs = crate::ops::softmax_in_f32(&scores)?;
         Ok(Some(probs.matmul(&v)?.reshape((b, nq * d))?))
     }
 
@@ -144,9 +149,7 @@ impl Attention {
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-            .to_dtype(q.dtype())?
-            .reshape((nkv, group * l, s))?;
+        let probs = crate::ops::softmax_in_f32(&scores)?.reshape((nkv, group * l, s))?;
         probs.matmul(v)?.reshape((nq, l, d))
     }
 }

@@ -13,6 +13,7 @@ use medgemma_core::KvLayout;
 
 use crate::batch::ForwardBatch;
 use crate::config::{LayerType, TextConfig};
+use crate::mask::MaskSpec;
 
 /// Which group and slot each layer uses, and each group's attention window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,9 +118,17 @@ impl KvPool {
     pub fn plan(&self, batch: &ForwardBatch, device: &Device) -> Result<StepKv> {
         let row = self.kv_heads * self.head_dim;
         let dtype = self.k[0].dtype();
-        let groups = (0..self.groups.windows.len())
-            .map(|g| self.plan_group(g, batch, row, device, dtype))
-            .collect::<Result<_>>()?;
+        // Masks depend on the window only: built once per distinct window.
+        let mut masks: Vec<(Option<usize>, Vec<Option<Tensor>>)> = Vec::new();
+        let mut groups = Vec::with_capacity(self.groups.windows.len());
+        for (g, &window) in self.groups.windows.iter().enumerate() {
+            let known = masks.iter().find(|(w, _)| *w == window).map(|(_, m)| m);
+            let step = self.plan_group(g, batch, row, device, dtype, known)?;
+            if known.is_none() {
+                masks.push((window, step.reads.iter().map(|r| r.mask.clone()).collect()));
+            }
+            groups.push(step);
+        }
         let decode_rows = batch
             .spans
             .iter()
@@ -146,6 +155,7 @@ impl KvPool {
         row: usize,
         device: &Device,
         dtype: DType,
+        masks: Option<&Vec<Option<Tensor>>>,
     ) -> Result<GroupStep> {
         let window = self.groups.windows[g];
         let mut writes = Vec::with_capacity(batch.num_tokens());
@@ -157,10 +167,23 @@ impl KvPool {
             let k_start = window.map_or(0, |w| span.start_pos.saturating_sub(w.saturating_sub(1)));
             writes.extend(self.slots(batch, i, g, span.start_pos..end)?);
             let slots = self.slots(batch, i, g, k_start..end)?;
+            let mask = match masks {
+                Some(known) => known.get(i).cloned().flatten(),
+                None if span.is_decode() => None,
+                None => MaskSpec {
+                    q_start: span.start_pos,
+                    q_len: span.len,
+                    k_start,
+                    k_len: slots.len(),
+                    window,
+                    groups: span.image_groups.as_deref(),
+                }
+                .build(dtype, device)?,
+            };
             reads.push(SeqRead {
                 offset: read_slots.len(),
                 len: slots.len(),
-                k_start,
+                mask,
             });
             if span.is_decode() {
                 decode.push((i, slots));
@@ -216,8 +239,14 @@ impl KvPool {
     }
 
     /// Keys and values prefill sequence `i` attends to in `layer` (`[kv_heads,
-    /// keys, head_dim]`), with the position of the first key.
-    pub fn read(&self, layer: usize, step: &StepKv, i: usize) -> Result<(Tensor, Tensor, usize)> {
+    /// keys, head_dim]`), with the additive mask of its queries over them (`None`:
+    /// every key visible).
+    pub fn read(
+        &self,
+        layer: usize,
+        step: &StepKv,
+        i: usize,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (g, slot) = self.groups.layer_slots[layer];
         let gs = &step.groups[g];
         let r = &gs.reads[i];
@@ -228,7 +257,11 @@ impl KvPool {
                 .transpose(0, 1)?
                 .contiguous()
         };
-        Ok((gather(&self.k[slot])?, gather(&self.v[slot])?, r.k_start))
+        Ok((
+            gather(&self.k[slot])?,
+            gather(&self.v[slot])?,
+            r.mask.clone(),
+        ))
     }
 
     /// Keys and values of every decoding sequence of the step, padded to the
@@ -257,6 +290,33 @@ impl KvPool {
     }
 }
 
+impl KvPool {
+    /// The decoding sequences' slot table `[seqs, keys]` and key counts `[seqs]`
+    /// in `layer`'s group, with the layer's key and value pools, for attention
+    /// that reads the pool in place.
+    pub fn decode_table(&self, layer: usize, step: &StepKv) -> Result<Option<PagedView<'_>>> {
+        let (g, slot) = self.groups.layer_slots[layer];
+        let Some(d) = &step.groups[g].decode else {
+            return Ok(None);
+        };
+        Ok(Some(PagedView {
+            k: &self.k[slot],
+            v: &self.v[slot],
+            slots: d.idx.reshape((d.seqs, d.keys))?,
+            lens: d.lens.clone(),
+        }))
+    }
+}
+
+/// One layer's pools and the decoding sequences' slot table.
+#[derive(Debug)]
+pub struct PagedView<'a> {
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub slots: Tensor,
+    pub lens: Tensor,
+}
+
 /// The decoding sequences' key slots, padded to the longest.
 #[derive(Debug)]
 struct DecodeGather {
@@ -264,6 +324,8 @@ struct DecodeGather {
     keys: usize,
     /// `[seqs * keys]` slots; padding repeats a sequence's last slot.
     idx: Tensor,
+    /// Keys of each sequence, `[seqs]`.
+    lens: Tensor,
     mask: Option<Tensor>,
 }
 
@@ -275,6 +337,7 @@ impl DecodeGather {
         let seqs = rows.len();
         let mut idx = Vec::with_capacity(seqs * keys);
         let mut mask = Vec::with_capacity(seqs * keys);
+        let lens: Vec<u32> = rows.iter().map(|(_, s)| s.len() as u32).collect();
         for (_, slots) in &rows {
             let last = slots.last().copied().unwrap_or(0);
             idx.extend_from_slice(slots);
@@ -292,6 +355,7 @@ impl DecodeGather {
             seqs,
             keys,
             idx: Tensor::from_vec(idx, seqs * keys, device)?,
+            lens: Tensor::new(lens.as_slice(), device)?,
             mask,
         }))
     }
@@ -334,5 +398,6 @@ struct GroupStep {
 struct SeqRead {
     offset: usize,
     len: usize,
-    k_start: usize,
+    /// The prefill chunk's mask (decoding sequences need none).
+    mask: Option<Tensor>,
 }

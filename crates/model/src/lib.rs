@@ -20,6 +20,8 @@ pub mod mlp;
 pub mod model;
 pub mod multimodal;
 pub mod norm;
+pub mod ops;
+pub mod paged_decode;
 pub mod projector;
 pub mod rope;
 pub mod sampling;
@@ -41,7 +43,7 @@ pub use model::Gemma3;
 pub use multimodal::VisionPart;
 pub use synthetic::synthetic_model;
 
-pub use candle_core::{DType, Device};
+pub use candle_core::{DType, Device, Tensor};
 
 /// Parses a dtype name as the CLI and config take it.
 pub fn parse_dtype(name: &str) -> Result<DType, ModelError> {

@@ -2,7 +2,7 @@
 //!
 //! transformers computes it entirely in f32, `1 + w` included, and rounds once at
 //! the end; candle-transformers' gemma3.rs rounds twice in bf16 (GEMMA3.md §8), so
-//! this crate has its own.
+//! this crate has its own. On CUDA the fused kernel is used instead (see forward).
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -11,14 +11,18 @@ use candle_nn::VarBuilder;
 pub struct GemmaRmsNorm {
     /// `1 + weight`, formed in f32.
     scale: Tensor,
+    /// The same, rounded to the model dtype, for the fused CUDA kernel.
+    scale_act: Tensor,
     eps: f32,
 }
 
 impl GemmaRmsNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         let w = vb.get_with_hints_dtype(dim, "weight", candle_nn::Init::Const(0.0), DType::F32)?;
+        let scale = (w + 1.0)?;
         Ok(Self {
-            scale: (w + 1.0)?,
+            scale_act: scale.to_dtype(vb.dtype())?,
+            scale,
             eps: eps as f32,
         })
     }
@@ -27,6 +31,11 @@ impl GemmaRmsNorm {
 impl Module for GemmaRmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
+        // On CUDA one kernel: it sums in f32 and rounds once, with `1 + w` in the
+        // activation dtype (one extra rounding of the weight, within bf16's own).
+        if x.device().is_cuda() && dtype == self.scale_act.dtype() {
+            return candle_nn::ops::rms_norm(&x.contiguous()?, &self.scale_act, self.eps);
+        }
         let xf = x.to_dtype(DType::F32)?.contiguous()?;
         candle_nn::ops::rms_norm(&xf, &self.scale, self.eps)?.to_dtype(dtype)
     }

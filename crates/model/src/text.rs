@@ -27,7 +27,7 @@ impl DecoderLayer {
     fn new(cfg: &TextConfig, layer_type: LayerType, vb: VarBuilder) -> Result<Self> {
         let norm = |name: &str| GemmaRmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp(name));
         Ok(Self {
-            attn: Attention::new(cfg, layer_type, vb.pp("self_attn"))?,
+            attn: Attention::new(cfg, vb.pp("self_attn"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
             input_layernorm: norm("input_layernorm")?,
             post_attention_layernorm: norm("post_attention_layernorm")?,

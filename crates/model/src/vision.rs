@@ -107,8 +107,7 @@ impl SelfAttention {
         let k = split(self.k_proj.forward(x)?)?;
         let v = split(self.v_proj.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? * self.scale)?;
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?;
+        let probs = crate::ops::softmax_in_f32(&scores)?;
         let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, p, h))?;
         self.out_proj.forward(&o)
     }

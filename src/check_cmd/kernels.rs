@@ -1,0 +1,91 @@
+//! The CUDA kernels against their plain-tensor references on the CPU, on random
+//! inputs of MedGemma's shapes: decode attention over the paged pool (GQA,
+//! sequences of different lengths scattered over the pool's slots).
+
+use anyhow::Result;
+use medgemma_model::paged_decode::{paged_decode, reference};
+use medgemma_model::{DType, Device};
+
+use medgemma_model::Tensor;
+
+/// Slots in the random pool.
+const POOL_SLOTS: usize = 4096;
+
+/// Runs every case; prints one line each; `Ok(false)` when one is off.
+pub fn check(device: &Device) -> Result<bool> {
+    if !device.is_cuda() {
+        println!("kernels: CUDA only, nothing to check on {device:?}");
+        return Ok(true);
+    }
+    let mut ok = true;
+    // (heads, kv heads, head_dim): MedGemma 4B, 27B, and a small one.
+    let shapes = [(8, 4, 256), (32, 16, 128), (4, 1, 32)];
+    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 2e-2)] {
+        for &(heads, kv_heads, head_dim) in &shapes {
+            let err = paged_case(device, dtype, heads, kv_heads, head_dim)?;
+            let pass = err <= tol;
+            ok &= pass;
+            println!(
+                "kernels: paged decode attention {} heads {heads}/{kv_heads} dim {head_dim}: \
+                 max error {err:.2e} relative ({}; tolerance {tol:.0e})",
+                dtype.as_str(),
+                if pass { "ok" } else { "FAIL" }
+            );
+        }
+    }
+    Ok(ok)
+}
+
+/// max |kernel - reference| / max |reference| for one random case.
+fn paged_case(
+    device: &Device,
+    dtype: DType,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> Result<f64> {
+    let lens = [1usize, 7, 100, 1023, 300, 64];
+    let keys = lens.iter().copied().max().unwrap_or(1);
+    let seqs = lens.len();
+    let row = kv_heads * head_dim;
+    // Inputs rounded to the dtype once, so both sides see the same numbers.
+    let round = |t: Tensor| t.to_dtype(dtype)?.to_dtype(DType::F32);
+    let q = round(Tensor::randn(
+        0f32,
+        1.0,
+        (seqs, heads, head_dim),
+        &Device::Cpu,
+    )?)?;
+    let k = round(Tensor::randn(0f32, 1.0, (POOL_SLOTS, row), &Device::Cpu)?)?;
+    let v = round(Tensor::randn(0f32, 1.0, (POOL_SLOTS, row), &Device::Cpu)?)?;
+    // Each sequence's keys on scattered slots (a stride coprime with the pool).
+    let mut table = Vec::with_capacity(seqs * keys);
+    for (s, &len) in lens.iter().enumerate() {
+        let slot = |j: usize| ((s * 977 + j * 613) % POOL_SLOTS) as u32;
+        table.extend((0..len).map(slot));
+        table.extend(std::iter::repeat_n(slot(len - 1), keys - len));
+    }
+    let slots = Tensor::from_vec(table, (seqs, keys), &Device::Cpu)?;
+    let scale = (head_dim as f32).powf(-0.5);
+    let want = reference(&q, &k, &v, &slots, &lens, kv_heads, scale)?;
+    let on = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_device(device)?) };
+    let lens_t = Tensor::from_vec(
+        lens.iter().map(|&l| l as u32).collect::<Vec<_>>(),
+        seqs,
+        device,
+    )?;
+    let got = paged_decode(
+        &on(&q)?,
+        &on(&k)?,
+        &on(&v)?,
+        &slots.to_device(device)?,
+        &lens_t,
+        kv_heads,
+        scale,
+    )?
+    .to_dtype(DType::F32)?
+    .to_device(&Device::Cpu)?;
+    let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+    Ok(f64::from(diff / scale.max(f32::MIN_POSITIVE)))
+}
