@@ -83,7 +83,10 @@ fn auto_device() -> Device {
         return Device::Cpu;
     }
     match Device::new_cuda(0) {
-        Ok(d) => d,
+        Ok(d) => {
+            single_stream(&d);
+            d
+        }
         Err(e) => {
             tracing::warn!(error = %first_line(&e), "CUDA device 0 did not start; using the CPU");
             Device::Cpu
@@ -111,12 +114,26 @@ fn cuda_device(ordinal: usize) -> Result<Device, ModelError> {
             ),
         }));
     }
-    Device::new_cuda(ordinal).map_err(|e| {
+    let device = Device::new_cuda(ordinal).map_err(|e| {
         device_error(format!(
             "starting CUDA device {ordinal}: {}",
             first_line(&e)
         ))
-    })
+    })?;
+    single_stream(&device);
+    Ok(device)
+}
+
+/// Turns off cudarc's per-allocation CUDA events (two created per tensor, recorded
+/// and waited on at every use), which cost more than the small kernels of a decode
+/// step. Sound here: the server runs every tensor on the device's one stream, so
+/// stream order alone orders all reads and writes.
+#[cfg(feature = "cuda")]
+fn single_stream(device: &Device) {
+    if let Device::Cuda(d) = device {
+        // SAFETY: no tensor of this device is ever used on another stream (see above).
+        unsafe { d.disable_event_tracking() };
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
