@@ -1,8 +1,10 @@
 //! The CUDA kernels against their plain-tensor references on the CPU, on random
 //! inputs of MedGemma's shapes: decode attention over the paged pool (GQA,
-//! sequences of different lengths scattered over the pool's slots).
+//! sequences of different lengths scattered over the pool's slots) and the
+//! residual add fused with the RMSNorms around it.
 
 use anyhow::Result;
+use medgemma_model::add_norm;
 use medgemma_model::paged_decode::{paged_decode, reference};
 use medgemma_model::{DType, Device};
 
@@ -33,7 +35,45 @@ pub fn check(device: &Device) -> Result<bool> {
             );
         }
     }
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+        for hidden in [2560, 5376] {
+            let err = add_norm_case(device, dtype, hidden)?;
+            let pass = err <= tol;
+            ok &= pass;
+            println!(
+                "kernels: residual add + RMSNorm {} hidden {hidden}: max error {err:.2e} \
+                 relative ({}; tolerance {tol:.0e})",
+                dtype.as_str(),
+                if pass { "ok" } else { "FAIL" }
+            );
+        }
+    }
     Ok(ok)
+}
+
+/// Worst relative error of the fused residual RMSNorm's two outputs.
+fn add_norm_case(device: &Device, dtype: DType, hidden: usize) -> Result<f64> {
+    let rows = 7;
+    let round = |t: Tensor| t.to_dtype(dtype);
+    let x = round(Tensor::randn(0f32, 3.0, (rows, hidden), &Device::Cpu)?)?;
+    let h = round(Tensor::randn(0f32, 10.0, (rows, hidden), &Device::Cpu)?)?;
+    let w_post = (Tensor::randn(0f32, 0.5, hidden, &Device::Cpu)? + 1.0)?;
+    let w_next = (Tensor::randn(0f32, 0.5, hidden, &Device::Cpu)? + 1.0)?;
+    let eps = 1e-6;
+    let (want_h, want_z) = add_norm::reference(&x, &h, &w_post, &w_next, eps)?;
+    let on = |t: &Tensor| t.to_device(device);
+    let (got_h, got_z) =
+        add_norm::add_rmsnorm(&on(&x)?, &on(&h)?, &on(&w_post)?, &on(&w_next)?, eps)?;
+    Ok(rel_err(&got_h, &want_h)?.max(rel_err(&got_z, &want_z)?))
+}
+
+/// max |a - b| / max |b|, in f32 on the CPU.
+fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let b = b.to_dtype(DType::F32)?;
+    let diff = (a - &b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
+    Ok(f64::from(diff / scale.max(f32::MIN_POSITIVE)))
 }
 
 /// max |kernel - reference| / max |reference| for one random case.
@@ -82,10 +122,6 @@ fn paged_case(
         &lens_t,
         kv_heads,
         scale,
-    )?
-    .to_dtype(DType::F32)?
-    .to_device(&Device::Cpu)?;
-    let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-    let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
-    Ok(f64::from(diff / scale.max(f32::MIN_POSITIVE)))
+    )?;
+    rel_err(&got, &want)
 }

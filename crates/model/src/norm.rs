@@ -28,6 +28,29 @@ impl GemmaRmsNorm {
     }
 }
 
+impl GemmaRmsNorm {
+    /// The residual step between two sublayers: `h + self(x)`, and `next` of that
+    /// (the next sublayer's input). One fused kernel on CUDA.
+    pub fn add_then_norm(
+        &self,
+        x: &Tensor,
+        h: &Tensor,
+        next: &GemmaRmsNorm,
+    ) -> Result<(Tensor, Tensor)> {
+        if x.device().is_cuda() && self.eps == next.eps {
+            return crate::add_norm::add_rmsnorm(x, h, &self.scale, &next.scale, self.eps);
+        }
+        let h = (h + self.forward(x)?)?;
+        let z = next.forward(&h)?;
+        Ok((h, z))
+    }
+
+    /// `1 + weight` in f32, for the fused-kernel reference check.
+    pub fn scale(&self) -> &Tensor {
+        &self.scale
+    }
+}
+
 impl Module for GemmaRmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();

@@ -73,6 +73,9 @@ pub fn reference(
 }
 
 #[cfg(feature = "cuda")]
+pub(crate) use cuda::cuda_view;
+
+#[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
@@ -99,7 +102,8 @@ mod cuda {
         v: (&'a CudaStorage, &'a Layout),
     }
 
-    fn view<'a, T: CudaDType>(
+    /// A contiguous operand's device memory from its first element.
+    pub(crate) fn cuda_view<'a, T: CudaDType>(
         (st, l): (&'a CudaStorage, &Layout),
     ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
         Ok(st.as_cuda_slice::<T>()?.slice(l.start_offset()..))
@@ -126,7 +130,11 @@ mod cuda {
             let lens = lens_c
                 .as_cuda_slice::<u32>()?
                 .slice(lens_l.start_offset()..);
-            let (qs, ks, vs) = (view::<T>(ops.q)?, view::<T>(ops.k)?, view::<T>(ops.v)?);
+            let (qs, ks, vs) = (
+                cuda_view::<T>(ops.q)?,
+                cuda_view::<T>(ops.k)?,
+                cuda_view::<T>(ops.v)?,
+            );
             let out = unsafe { dev.alloc::<T>(seqs * heads * head_dim)? };
             let func = dev.get_or_load_custom_func(name, "medgemma_paged_attention", PTX)?;
             let cfg = LaunchConfig {

@@ -37,21 +37,26 @@ impl DecoderLayer {
         })
     }
 
+    /// `h`: the residual stream; `normed`: this layer's input norm of it. Returns
+    /// the new stream and `next` applied to it (the next layer's input norm, or
+    /// the final norm after the last layer).
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         h: &Tensor,
+        normed: &Tensor,
+        next: &GemmaRmsNorm,
         rope: &RopeTables,
         batch: &ForwardBatch,
         kv: (&KvPool, &StepKv),
         index: usize,
-    ) -> Result<Tensor> {
-        let x = self.input_layernorm.forward(h)?;
-        let x = self.attn.forward(&x, rope, batch, kv, index)?;
-        let h = (h + self.post_attention_layernorm.forward(&x)?)?;
-        let x = self
-            .mlp
-            .forward(&self.pre_feedforward_layernorm.forward(&h)?)?;
-        h + self.post_feedforward_layernorm.forward(&x)?
+    ) -> Result<(Tensor, Tensor)> {
+        let x = self.attn.forward(normed, rope, batch, kv, index)?;
+        let (h, x) =
+            self.post_attention_layernorm
+                .add_then_norm(&x, h, &self.pre_feedforward_layernorm)?;
+        let x = self.mlp.forward(&x)?;
+        self.post_feedforward_layernorm.add_then_norm(&x, &h, next)
     }
 }
 
@@ -156,17 +161,26 @@ impl TextModel {
             .rope_sliding
             .tables(&positions, self.dtype, &self.device)?;
         let mut h = embeds.clone();
+        let mut normed = match self.layers.first() {
+            Some(first) => first.input_layernorm.forward(&h)?,
+            None => self.norm.forward(&h)?,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let rope = match layer.layer_type {
                 LayerType::Full => &full,
                 LayerType::Sliding => &sliding,
             };
-            h = layer.forward(&h, rope, batch, (kv, step), i)?;
+            let next = self
+                .layers
+                .get(i + 1)
+                .map_or(&self.norm, |l| &l.input_layernorm);
+            (h, normed) = layer.forward(&h, &normed, next, rope, batch, (kv, step), i)?;
         }
-        self.logits(&h, batch)
+        self.logits(&normed, batch)
     }
 
-    fn logits(&self, h: &Tensor, batch: &ForwardBatch) -> Result<Tensor> {
+    /// Logits of the rows that want them, from the final-normed hidden states.
+    fn logits(&self, normed: &Tensor, batch: &ForwardBatch) -> Result<Tensor> {
         let rows: Vec<u32> = batch
             .spans
             .iter()
@@ -177,7 +191,7 @@ impl TextModel {
             return Tensor::zeros((0, self.cfg.vocab_size), DType::F32, &self.device);
         }
         let idx = Tensor::new(rows.as_slice(), &self.device)?;
-        let last = self.norm.forward(&h.index_select(&idx, 0)?)?;
+        let last = normed.index_select(&idx, 0)?;
         let mut logits = last.matmul(&self.lm_head.t()?)?;
         if let Some(cap) = self.cfg.final_logit_softcapping {
             logits = ((logits / cap)?.tanh()? * cap)?;
