@@ -18,6 +18,7 @@ fn main() {
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".to_string());
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".to_string());
     let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
+    println!("cargo:rerun-if-changed=kernels/convert.cuh");
     for name in KERNELS {
         let src = format!("kernels/{name}.cu");
         println!("cargo:rerun-if-changed={src}");
@@ -25,6 +26,7 @@ fn main() {
         let status = Command::new(&nvcc)
             .args(["--ptx", "-O3", "-std=c++17"])
             .arg(format!("-arch=compute_{cap}"))
+            .arg("-Ikernels")
             .arg("-o")
             .arg(&ptx)
             .arg(&src)

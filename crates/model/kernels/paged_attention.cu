@@ -11,23 +11,12 @@
 // Rounding follows the unfused path: the score q.k is rounded to the activation
 // dtype, then scaled and rounded again (as a matmul in that dtype and a multiply
 // would); probabilities stay in f32.
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
 #include <stdint.h>
+
+#include "convert.cuh"
 
 #define WARPS 8
 #define MAX_PER_LANE 8
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
 
 template <typename T>
 __device__ void paged_decode(const T *q, const T *k, const T *v, const uint32_t *slots,
