@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["paged_attention", "add_rmsnorm"];
+const KERNELS: &[&str] = &["paged_attention", "add_rmsnorm", "qk_norm_rope_write"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CARGO_FEATURE_CUDA");

@@ -6,6 +6,8 @@
 use anyhow::Result;
 use medgemma_model::add_norm;
 use medgemma_model::paged_decode::{paged_decode, reference};
+use medgemma_model::qk_rope_write::{self, QkRopeWrite};
+use medgemma_model::rope::RopeTables;
 use medgemma_model::{DType, Device};
 
 use medgemma_model::Tensor;
@@ -48,7 +50,74 @@ pub fn check(device: &Device) -> Result<bool> {
             );
         }
     }
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+        for (heads, kv_heads, head_dim) in [(8, 4, 256), (32, 16, 128), (4, 2, 24)] {
+            let err = qk_rope_case(device, dtype, heads, kv_heads, head_dim)?;
+            let pass = err <= tol;
+            ok &= pass;
+            println!(
+                "kernels: q/k norm + RoPE + KV write {} heads {heads}/{kv_heads} dim {head_dim}: \
+                 max error {err:.2e} relative ({}; tolerance {tol:.0e})",
+                dtype.as_str(),
+                if pass { "ok" } else { "FAIL" }
+            );
+        }
+    }
     Ok(ok)
+}
+
+/// Worst relative error of the fused q/k norm, RoPE and KV write: the rotated
+/// queries, and the keys and values read back from the pool at their slots.
+fn qk_rope_case(
+    device: &Device,
+    dtype: DType,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> Result<f64> {
+    let tokens = 5;
+    let pool_slots = 64;
+    let row = kv_heads * head_dim;
+    let cpu = &Device::Cpu;
+    let q = Tensor::randn(0f32, 2.0, (tokens, heads, head_dim), cpu)?.to_dtype(dtype)?;
+    let k = Tensor::randn(0f32, 2.0, (tokens, kv_heads, head_dim), cpu)?.to_dtype(dtype)?;
+    let v = Tensor::randn(0f32, 2.0, (tokens, kv_heads, head_dim), cpu)?.to_dtype(dtype)?;
+    let q_w = (Tensor::randn(0f32, 0.5, head_dim, cpu)? + 1.0)?;
+    let k_w = (Tensor::randn(0f32, 0.5, head_dim, cpu)? + 1.0)?;
+    let angles = (Tensor::rand(0f32, 1.0, (tokens, head_dim / 2), cpu)? * std::f64::consts::TAU)?;
+    let rope = |d: &Device| -> Result<RopeTables> {
+        Ok(RopeTables {
+            cos: angles.cos()?.to_dtype(dtype)?.to_device(d)?,
+            sin: angles.sin()?.to_dtype(dtype)?.to_device(d)?,
+        })
+    };
+    let eps = 1e-6;
+    let (want_q, want_k) = qk_rope_write::reference(&q, &k, &q_w, &k_w, eps, &rope(cpu)?)?;
+    let slots_v: Vec<u32> = vec![3, 17, 40, 8, 63];
+    let slots = Tensor::new(slots_v.as_slice(), device)?;
+    let k_pool = Tensor::zeros((pool_slots, row), dtype, device)?;
+    let v_pool = Tensor::zeros((pool_slots, row), dtype, device)?;
+    let on = |t: &Tensor| t.to_device(device);
+    let dev_rope = rope(device)?;
+    let fused = QkRopeWrite {
+        q_w: &on(&q_w)?,
+        k_w: &on(&k_w)?,
+        eps,
+        rope: &dev_rope,
+        slots: &slots,
+        k_pool: &k_pool,
+        v_pool: &v_pool,
+    };
+    let got_q = qk_rope_write::qk_rope_write(&on(&q)?, &on(&k)?, &on(&v)?, &fused)?;
+    let got_k = k_pool
+        .index_select(&slots, 0)?
+        .reshape((tokens, kv_heads, head_dim))?;
+    let got_v = v_pool
+        .index_select(&slots, 0)?
+        .reshape((tokens, kv_heads, head_dim))?;
+    Ok(rel_err(&got_q, &want_q)?
+        .max(rel_err(&got_k, &want_k)?)
+        .max(rel_err(&got_v, &v)?))
 }
 
 /// Worst relative error of the fused residual RMSNorm's two outputs.

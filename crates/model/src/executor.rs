@@ -92,6 +92,7 @@ impl CandleExecutor {
                     self.layout.groups.len()
                 )));
             }
+            self.check_tokens(&s.tokens)?;
             let state = self.seqs.entry(s.seq_id).or_insert_with(|| SeqState {
                 sampler: Sampler::new(s.sampling.clone()),
                 sampled_any: false,
@@ -105,7 +106,6 @@ impl CandleExecutor {
                 state.sampler.observe_prompt(&s.tokens[skip..]);
                 state.observed = state.observed.max(s.start_pos + s.tokens.len());
             }
-            self.check_tokens(&s.tokens)?;
             let i = batch.push(&s.tokens, s.start_pos, s.sample);
             batch.spans[i].block_tables.clone_from(&s.block_tables);
         }

@@ -24,6 +24,7 @@ pub mod norm;
 pub mod ops;
 pub mod paged_decode;
 pub mod projector;
+pub mod qk_rope_write;
 pub mod rope;
 pub mod sampling;
 pub mod synthetic;
