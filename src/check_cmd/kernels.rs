@@ -27,43 +27,39 @@ pub fn check(device: &Device) -> Result<bool> {
     for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 2e-2)] {
         for &(heads, kv_heads, head_dim) in &shapes {
             let err = paged_case(device, dtype, heads, kv_heads, head_dim)?;
-            let pass = err <= tol;
-            ok &= pass;
-            println!(
-                "kernels: paged decode attention {} heads {heads}/{kv_heads} dim {head_dim}: \
-                 max error {err:.2e} relative ({}; tolerance {tol:.0e})",
-                dtype.as_str(),
-                if pass { "ok" } else { "FAIL" }
-            );
+            let what = format!("paged decode attention heads {heads}/{kv_heads} dim {head_dim}");
+            ok &= report(&what, dtype, err, tol);
         }
     }
     for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
         for hidden in [2560, 5376] {
             let err = add_norm_case(device, dtype, hidden)?;
-            let pass = err <= tol;
-            ok &= pass;
-            println!(
-                "kernels: residual add + RMSNorm {} hidden {hidden}: max error {err:.2e} \
-                 relative ({}; tolerance {tol:.0e})",
-                dtype.as_str(),
-                if pass { "ok" } else { "FAIL" }
+            ok &= report(
+                &format!("residual add + RMSNorm hidden {hidden}"),
+                dtype,
+                err,
+                tol,
             );
         }
-    }
-    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
         for (heads, kv_heads, head_dim) in [(8, 4, 256), (32, 16, 128), (4, 2, 24)] {
             let err = qk_rope_case(device, dtype, heads, kv_heads, head_dim)?;
-            let pass = err <= tol;
-            ok &= pass;
-            println!(
-                "kernels: q/k norm + RoPE + KV write {} heads {heads}/{kv_heads} dim {head_dim}: \
-                 max error {err:.2e} relative ({}; tolerance {tol:.0e})",
-                dtype.as_str(),
-                if pass { "ok" } else { "FAIL" }
-            );
+            let what =
+                format!("q/k norm + RoPE + KV write heads {heads}/{kv_heads} dim {head_dim}");
+            ok &= report(&what, dtype, err, tol);
         }
     }
     Ok(ok)
+}
+
+/// Prints one case's line; whether it passed.
+fn report(what: &str, dtype: DType, err: f64, tol: f64) -> bool {
+    let pass = err <= tol;
+    println!(
+        "kernels: {what} {}: max error {err:.2e} relative ({}; tolerance {tol:.0e})",
+        dtype.as_str(),
+        if pass { "ok" } else { "FAIL" }
+    );
+    pass
 }
 
 /// Worst relative error of the fused q/k norm, RoPE and KV write: the rotated
