@@ -7,8 +7,8 @@
 #   docker run --gpus all -p 8000:8000 -v ~/.cache/huggingface:/root/.cache/huggingface \
 #     -e HF_TOKEN medgemma-server:cuda --model google/medgemma-4b-it
 # Arguments after the image name go to `medgemma-server serve --host 0.0.0.0 --port 8000`.
-# The server uses CUDA device 0 (MEDGEMMA_DEVICE=cuda; -e MEDGEMMA_DEVICE=cuda:1 picks
-# another) in bf16 on compute capability 8.0 and newer, f16 on older GPUs.
+# The server uses CUDA device 0 (MEDGEMMA_DEVICE=cuda, so a missing GPU is an error
+# rather than a silent fall-back to the CPU; -e MEDGEMMA_DEVICE=cuda:1 picks another) in bf16 on compute capability 8.0 and newer, f16 on older GPUs.
 #
 # CUDA_COMPUTE_CAP (default 80) is the GPU generation candle's kernels are compiled
 # for, as PTX that the driver compiles for the actual GPU on first use:

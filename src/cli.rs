@@ -52,11 +52,13 @@ pub struct ModelArgs {
     /// Check the checkpoint's files against the manifest written at download (offline use).
     #[arg(long, env = "MEDGEMMA_VERIFY")]
     pub verify: bool,
-    /// Compute dtype: f32, f16, bf16 or auto (f32 on CPU).
+    /// Compute dtype: f32, f16, bf16 or auto (bf16 on GPUs of compute capability 8.0
+    /// and newer, f16 on older ones, f32 on CPU).
     #[arg(long, env = "MEDGEMMA_DTYPE", default_value = "auto")]
     pub dtype: String,
-    /// Device: cpu (CUDA arrives with the cuda feature).
-    #[arg(long, env = "MEDGEMMA_DEVICE", default_value = "cpu")]
+    /// Device: auto (CUDA device 0 in a CUDA build with a GPU visible, else the CPU),
+    /// cpu, cuda or cuda:N.
+    #[arg(long, env = "MEDGEMMA_DEVICE", default_value = "auto")]
     pub device: String,
 }
 
