@@ -95,24 +95,27 @@ impl<E: Executor> Engine<E> {
     }
 
     fn drop_cancelled(&mut self) {
-        let mut gone = 0;
-        for seq in std::mem::take(&mut self.running) {
-            if seq.is_cancelled() {
-                self.retire(seq);
-                gone += 1;
-            } else {
-                self.running.push(seq);
-            }
+        if !self
+            .running
+            .iter()
+            .chain(&self.waiting)
+            .any(Sequence::is_cancelled)
+        {
+            return;
         }
-        for seq in std::mem::take(&mut self.waiting) {
-            if seq.is_cancelled() {
-                self.retire(seq);
-                gone += 1;
-            } else {
-                self.waiting.push_back(seq);
-            }
+        let (gone, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(Sequence::is_cancelled);
+        let (gone_waiting, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(Sequence::is_cancelled);
+        self.running = running;
+        self.waiting = waiting.into();
+        let count = gone.len() + gone_waiting.len();
+        for seq in gone.into_iter().chain(gone_waiting) {
+            self.retire(seq);
         }
-        SchedulerStats::add(&self.stats.cancelled, gone);
+        SchedulerStats::add(&self.stats.cancelled, count as u64);
         self.publish();
     }
 
