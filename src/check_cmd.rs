@@ -2,15 +2,20 @@
 //!
 //! For every fixture folder with a goldens.json: (a) greedy ids in f32 on the device
 //! (end-of-sequence suppressed, as the goldens were made) must equal transformers'
-//! and the CPU's; (b) the first-step logits in bf16 on the device (f16 on GPUs
-//! older than sm_80) must be within the tolerance of the same dtype on the CPU,
-//! measured as max |a - b| / max |b| over the vocabulary (their distance from f32
-//! on the CPU, which is bf16's own rounding, is reported beside it). The logits come from the executor's
-//! full log-softmax (logprobs for every token), centered: that is the logits minus
-//! their mean, exactly, since log-softmax only subtracts a constant.
+//! and the CPU's; (b) in bf16 (f16 on GPUs older than sm_80) every stage of the
+//! prefill (the embedding, each layer, the head's logits) on the device, run from
+//! the CPU's input to that stage in the same dtype, must be within the tolerance
+//! (relative L2) of the CPU's output of it. Stage by stage, because end to end two
+//! correct bf16 runs of these random-weight checkpoints drift apart by several
+//! 1e-2: transformers' own eager and sdpa attention differ by up to 3.0e-2, and
+//! its bf16 matmuls with and without f32 accumulation by up to 1.4e-2
+//! (README, "Numerics"). The end-to-end logit distances are printed beside it; the
+//! logits come from the executor's full log-softmax, centered (the logits minus
+//! their mean, exactly, since log-softmax only subtracts a constant).
 
 mod goldens;
 mod kernels;
+mod stages;
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +44,7 @@ struct Summary {
     prompts: usize,
     failures: usize,
     worst_low: (f64, String),
+    worst_end_to_end: (f64, String),
     worst_f32: (f64, String),
 }
 
@@ -63,17 +69,19 @@ pub fn run(args: CheckArgs) -> Result<()> {
         summary.failures += 1;
     }
     println!(
-        "check: {} prompts in {} fixtures, {} failed; worst {} relative L2 logit error {:.2e} ({}), \
-         worst f32 device-vs-CPU {:.2e} ({}); tolerance {:.0e}",
+        "check: {} prompts in {} fixtures, {} failed; worst {} stage error {:.2e} ({}; tolerance {:.0e}), \
+         end to end {:.2e} ({}); worst f32 device-vs-CPU {:.2e} ({})",
         summary.prompts,
         fixtures.len(),
         summary.failures,
         low.as_str(),
         summary.worst_low.0,
         summary.worst_low.1,
+        args.tolerance,
+        summary.worst_end_to_end.0,
+        summary.worst_end_to_end.1,
         summary.worst_f32.0,
         summary.worst_f32.1,
-        args.tolerance
     );
     if summary.failures > 0 {
         bail!(
@@ -171,17 +179,26 @@ fn check_prompt(
         mismatch(&dev_ids, &p.greedy_ids, &cpu_ids)
     };
 
+    let stages = stages::compare(
+        &runs.cpu_low.model().text,
+        &runs.cpu.model().text,
+        &runs.dev_low.model().text,
+        &p.input_ids,
+    )?;
+    let low_ok = stages.device <= tol;
+    note_worst(&mut summary.worst_low, stages.device, label);
+
     let reference = first_logits(&mut runs.cpu, &p.input_ids, &greedy, runs.vocab)?;
     let low_reference = first_logits(&mut runs.cpu_low, &p.input_ids, &greedy, runs.vocab)?;
     let low = first_logits(&mut runs.dev_low, &p.input_ids, &greedy, runs.vocab)?;
     let f32_dev = first_logits(&mut runs.dev_f32, &p.input_ids, &greedy, runs.vocab)?;
-    let low_err = relative_l2(&low, &low_reference);
-    let low_max = relative_error(&low, &low_reference);
-    let low_vs_f32 = relative_l2(&low, &reference);
     let f32_err = relative_error(&f32_dev, &reference);
-    let low_ok = low_err <= tol;
-    note_worst(&mut summary.worst_low, low_err, label);
     note_worst(&mut summary.worst_f32, f32_err, label);
+    note_worst(
+        &mut summary.worst_end_to_end,
+        relative_l2(&low, &low_reference),
+        label,
+    );
 
     let first_low = argmax(&low);
     let bf16_note = match p.bf16_first_token {
@@ -189,12 +206,17 @@ fn check_prompt(
         None => format!("first token {first_low}"),
     };
     println!(
-        "{label}: f32 {} ({ids_note}); low-precision logits vs CPU: L2 {:.2e} {} (max {:.1e}; L2 vs CPU f32 {:.1e}; {bf16_note}); f32 logits vs CPU {:.1e}",
+        "{label}: f32 {} ({ids_note}); low precision stage by stage vs CPU: worst {:.1e} in the {} {} \
+         (f32 from the same inputs: {:.1e}); end to end: logits L2 {:.1e} vs CPU, {:.1e} vs CPU f32 \
+         (CPU's own: {:.1e}), {bf16_note}; f32 logits vs CPU {:.1e}",
         verdict(ids_ok),
-        low_err,
+        stages.device,
+        stages.stage,
         verdict(low_ok),
-        low_max,
-        low_vs_f32,
+        stages.rounding,
+        relative_l2(&low, &low_reference),
+        relative_l2(&low, &reference),
+        relative_l2(&low_reference, &reference),
         f32_err
     );
     Ok(ids_ok && low_ok)

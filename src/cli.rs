@@ -223,8 +223,9 @@ pub struct CheckArgs {
     /// Device to check: cpu, auto, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Largest relative L2 difference of the first-step logits in bf16 (f16 on GPUs
-    /// older than sm_80) on the device against the same dtype on the CPU.
+    /// Largest relative L2 difference, in bf16 (f16 on GPUs older than sm_80), of any
+    /// prefill stage (embedding, layer, head) on the device against the same stage on
+    /// the CPU from the same input.
     #[arg(long, default_value_t = 2e-2)]
     pub tolerance: f64,
 }

@@ -95,14 +95,14 @@ fn bench_and_check_refuse_cuda_in_a_cpu_build() {
     }
 }
 
-/// The mechanics of `check` (fixtures found, one line per prompt, ids compared);
-/// with the tolerance opened wide, since bf16 on this CPU is not what is checked.
+/// The mechanics of `check` (fixtures found, one line per prompt, ids compared, bf16
+/// compared stage by stage): the CPU against itself, so every stage agrees exactly.
 #[test]
 fn check_runs_every_fixture_prompt_on_the_cpu() {
     let out = bin()
         .args(["check", "--fixtures"])
         .arg(fixtures())
-        .args(["--device", "cpu", "--tolerance", "1"])
+        .args(["--device", "cpu"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -114,6 +114,12 @@ fn check_runs_every_fixture_prompt_on_the_cpu() {
             .collect::<Vec<_>>();
         assert!(!lines.is_empty(), "{stdout}");
         assert!(lines.iter().all(|l| l.contains(": f32 ok (")), "{stdout}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.contains("stage by stage vs CPU: worst 0.0e0 ")),
+            "{stdout}"
+        );
     }
     assert!(stdout.contains(" 0 failed;"), "{stdout}");
 }

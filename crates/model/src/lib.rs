@@ -27,6 +27,7 @@ pub mod projector;
 pub mod qk_rope_write;
 pub mod rope;
 pub mod sampling;
+pub mod stages;
 pub mod synthetic;
 pub mod text;
 pub mod verify;

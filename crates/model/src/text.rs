@@ -60,6 +60,12 @@ impl DecoderLayer {
     }
 }
 
+/// One step's RoPE tables: full-attention and sliding layers rotate differently.
+struct StepRope {
+    full: RopeTables,
+    sliding: RopeTables,
+}
+
 /// The decoder with its embedding table, which doubles as the LM head.
 #[derive(Debug, Clone)]
 pub struct TextModel {
@@ -153,34 +159,79 @@ impl TextModel {
         kv: &KvPool,
         step: &StepKv,
     ) -> Result<Tensor> {
-        let positions = batch.positions();
-        let full = self
-            .rope_full
-            .tables(&positions, self.dtype, &self.device)?;
-        let sliding = self
-            .rope_sliding
-            .tables(&positions, self.dtype, &self.device)?;
+        let rope = self.step_rope(batch)?;
         let mut h = embeds.clone();
-        let mut normed = match self.layers.first() {
-            Some(first) => first.input_layernorm.forward(&h)?,
-            None => self.norm.forward(&h)?,
-        };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let rope = match layer.layer_type {
-                LayerType::Full => &full,
-                LayerType::Sliding => &sliding,
-            };
-            let next = self
-                .layers
-                .get(i + 1)
-                .map_or(&self.norm, |l| &l.input_layernorm);
-            (h, normed) = layer.forward(&h, &normed, next, rope, batch, (kv, step), i)?;
+        let mut normed = self.first_norm(&h)?;
+        for i in 0..self.layers.len() {
+            (h, normed) = self.layer(i, (&h, &normed), &rope, batch, (kv, step))?;
         }
         self.logits(&normed, batch)
     }
 
-    /// Logits of the rows that want them, from the final-normed hidden states.
-    fn logits(&self, normed: &Tensor, batch: &ForwardBatch) -> Result<Tensor> {
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The first layer's input norm of the embeddings (the final norm when there
+    /// is no layer): the `normed` that goes with them into layer 0.
+    pub fn first_norm(&self, embeds: &Tensor) -> Result<Tensor> {
+        match self.layers.first() {
+            Some(first) => first.input_layernorm.forward(embeds),
+            None => self.norm.forward(embeds),
+        }
+    }
+
+    /// Layer `i` alone: from the residual stream entering it and that stream's
+    /// input norm, the stream leaving it and the next norm of that (the next
+    /// layer's input norm, or the final norm after the last layer).
+    pub fn run_layer(
+        &self,
+        i: usize,
+        input: (&Tensor, &Tensor),
+        batch: &ForwardBatch,
+        kv: (&KvPool, &StepKv),
+    ) -> Result<(Tensor, Tensor)> {
+        let rope = self.step_rope(batch)?;
+        self.layer(i, input, &rope, batch, kv)
+    }
+
+    fn layer(
+        &self,
+        i: usize,
+        (h, normed): (&Tensor, &Tensor),
+        rope: &StepRope,
+        batch: &ForwardBatch,
+        kv: (&KvPool, &StepKv),
+    ) -> Result<(Tensor, Tensor)> {
+        let Some(layer) = self.layers.get(i) else {
+            candle_core::bail!("layer {i} of {}", self.layers.len())
+        };
+        let tables = match layer.layer_type {
+            LayerType::Full => &rope.full,
+            LayerType::Sliding => &rope.sliding,
+        };
+        let next = self
+            .layers
+            .get(i + 1)
+            .map_or(&self.norm, |l| &l.input_layernorm);
+        layer.forward(h, normed, next, tables, batch, kv, i)
+    }
+
+    /// The RoPE tables of the step's positions, for both layer types.
+    fn step_rope(&self, batch: &ForwardBatch) -> Result<StepRope> {
+        let positions = batch.positions();
+        Ok(StepRope {
+            full: self
+                .rope_full
+                .tables(&positions, self.dtype, &self.device)?,
+            sliding: self
+                .rope_sliding
+                .tables(&positions, self.dtype, &self.device)?,
+        })
+    }
+
+    /// f32 logits of the rows that want them, from the final-normed hidden states.
+    pub fn logits(&self, normed: &Tensor, batch: &ForwardBatch) -> Result<Tensor> {
         let rows: Vec<u32> = batch
             .spans
             .iter()
