@@ -134,7 +134,18 @@ impl ModelConfig {
         let architecture = architecture(root, model_type)?;
         let nested = root.get("text_config").filter(|v| v.is_object());
         let text_value = nested.unwrap_or(root);
-        let text = parse_text(text_value, root)?;
+        let mut text = parse_text(text_value, root)?;
+        if matches!(architecture, Architecture::ConditionalGeneration) {
+            // As transformers' Gemma3ForConditionalGeneration: the top-level key alone
+            // decides tying (default tied; save_pretrained may write a contradicting
+            // copy into text_config), and its logits are never soft-capped (only
+            // Gemma3ForCausalLM caps them).
+            text.tie_word_embeddings = root
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            text.final_logit_softcapping = None;
+        }
         let multimodal = match architecture {
             Architecture::ConditionalGeneration => Some(parse_multimodal(root)?),
             Architecture::CausalLm => None,

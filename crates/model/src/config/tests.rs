@@ -157,6 +157,36 @@ fn nested_config_without_architectures_is_multimodal() {
     assert_eq!(c.multimodal.unwrap().image_token_id, 9);
 }
 
+/// As transformers reads a Gemma3ForConditionalGeneration config: tying from the
+/// top-level key alone (tied by default), never a final soft-cap.
+#[test]
+fn multimodal_tying_and_softcap_follow_the_top_level() {
+    let config = |top: &str, text: &str| {
+        parse(&format!(
+            r#"{{"model_type":"gemma3",{top}"text_config":{{"num_hidden_layers":1,"final_logit_softcapping":30.0{text}}},
+            "vision_config":{{"hidden_size":8,"image_size":28,"intermediate_size":8,"num_attention_heads":1,"num_hidden_layers":1,"patch_size":7}},
+            "mm_tokens_per_image":4,"image_token_id":9}}"#
+        ))
+        .unwrap()
+        .text
+    };
+    let untied = config(
+        r#""tie_word_embeddings":false,"#,
+        r#","tie_word_embeddings":true"#,
+    );
+    assert!(!untied.tie_word_embeddings);
+    assert!(untied.final_logit_softcapping.is_none());
+    assert!(config("", r#","tie_word_embeddings":false"#).tie_word_embeddings);
+    // A text-only checkpoint caps, and reads its own key.
+    let text = parse(
+        r#"{"model_type":"gemma3_text","final_logit_softcapping":30.0,"tie_word_embeddings":false,"use_bidirectional_attention":null}"#,
+    )
+    .unwrap()
+    .text;
+    assert_eq!(text.final_logit_softcapping, Some(30.0));
+    assert!(!text.tie_word_embeddings);
+}
+
 #[test]
 fn unsupported_configs_are_clear_errors() {
     let cases = [

@@ -53,7 +53,7 @@ struct RawText {
     #[serde(default)]
     attention_bias: bool,
     #[serde(default)]
-    use_bidirectional_attention: bool,
+    use_bidirectional_attention: Option<bool>,
     #[serde(default)]
     tie_word_embeddings: Option<bool>,
 }
@@ -129,7 +129,7 @@ pub(super) fn parse_text(v: &Value, root: &Value) -> Result<TextConfig, String> 
 }
 
 fn check_supported(raw: &RawText) -> Result<(), String> {
-    if raw.use_bidirectional_attention {
+    if raw.use_bidirectional_attention == Some(true) {
         return Err(
             "use_bidirectional_attention=true (an embedding model) is not supported".into(),
         );
