@@ -49,7 +49,17 @@ pub fn generate_with_images(
         logprobs: Vec::new(),
         finish_reason: FinishReason::Length,
     };
-    let mut blocks = DirectBlocks::new(&exec.kv_layout());
+    let layout = exec.kv_layout();
+    if prompt.len() > layout.max_seq_len {
+        return Err(ExecutorError::InvalidBatch(format!(
+            "the prompt has {} tokens; the context holds {}",
+            prompt.len(),
+            layout.max_seq_len
+        )));
+    }
+    // Generation ends with the context: the last sampled token is never cached.
+    let max_new_tokens = max_new_tokens.min(layout.max_seq_len - prompt.len() + 1);
+    let mut blocks = DirectBlocks::new(&layout);
     let mut pos = 0;
     let mut next = prompt.to_vec();
     let mut images = images.to_vec();

@@ -200,3 +200,24 @@ fn chunked_prefill_equals_one_prefill() {
     }
     assert_eq!(last, Some(p.greedy_ids[0]));
 }
+
+/// One-off generation stops at the end of the context (finish reason length) and
+/// refuses a prompt longer than the context, as the server does.
+#[test]
+fn generation_ends_with_the_context() {
+    let ckpt = CHECKPOINTS[1];
+    let g = goldens(ckpt);
+    let p = &g.prompts[0].input_ids;
+    let kv = KvCacheConfig {
+        max_model_len: Some(p.len() + 3),
+        ..KvCacheConfig::default()
+    };
+    let model = Gemma3::load(&fixture(ckpt), DType::F32, &Device::Cpu).unwrap();
+    let mut exec = CandleExecutor::new(model, &kv).unwrap();
+    let out = generate(&mut exec, 1, p, &greedy_no_eos(&g.eos_suppressed), &[], 10).unwrap();
+    assert_eq!(out.tokens.len(), 4, "the last token needs no cache slot");
+    assert_eq!(out.finish_reason, FinishReason::Length);
+    let long: Vec<u32> = p.iter().chain(p).copied().collect();
+    let err = generate(&mut exec, 2, &long, &SamplingParams::greedy(), &[], 1).unwrap_err();
+    assert!(err.to_string().contains("the context holds"), "{err}");
+}
