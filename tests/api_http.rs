@@ -85,6 +85,22 @@ fn logprobs_n_stop_and_usage() {
     let got = lp[0]["logprob"].as_f64().unwrap();
     assert!((got - golden_top[0][1].as_f64().unwrap()).abs() < 1e-4);
     assert_eq!(resp["usage"]["completion_tokens"], 10);
+    // Every alternative's bytes are the token's own bytes, whatever its display.
+    for entry in lp.as_array().unwrap() {
+        for alt in entry["top_logprobs"].as_array().unwrap() {
+            let token = alt["token"].as_str().unwrap();
+            let bytes: Vec<u8> = alt["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+                .collect();
+            match token.strip_prefix("bytes:") {
+                Some(hex) => assert_eq!(hex.matches("\\x").count(), bytes.len(), "{alt}"),
+                None => assert_eq!(token.as_bytes(), bytes.as_slice(), "{alt}"),
+            }
+        }
+    }
 
     // A stop string cut from the golden text ends the answer before it.
     let text = p["natural"]["text"].as_str().unwrap();
@@ -115,6 +131,34 @@ fn completions_tokenize_models_and_metrics() {
             .len(),
         3
     );
+    // text_offset counts characters of the choice's text, from the echoed prompt on.
+    let (s, r) = server.post(
+        "/v1/completions",
+        &json!({"prompt": "Ré: ", "max_tokens": 12, "temperature": 0, "echo": true, "logprobs": 1}),
+    );
+    assert_eq!(s, 200, "{r}");
+    let text: Vec<char> = r["choices"][0]["text"].as_str().unwrap().chars().collect();
+    let lp = &r["choices"][0]["logprobs"];
+    let offsets = lp["text_offset"].as_array().unwrap();
+    assert_eq!(offsets[0], 4, "{r}");
+    for (tok, off) in lp["tokens"].as_array().unwrap().iter().zip(offsets) {
+        let (tok, off) = (tok.as_str().unwrap(), off.as_u64().unwrap() as usize);
+        if !tok.starts_with("bytes:") {
+            let at: String = text[off..].iter().collect();
+            assert!(at.starts_with(tok), "{tok:?} at {off} in {text:?}");
+        }
+    }
+    // Requests that could never be queued are a 400, not an endless 429.
+    let many: Vec<String> = (0..300).map(|i| format!("p{i}")).collect();
+    let (s, r) = server.post("/v1/completions", &json!({"prompt": many, "max_tokens": 1}));
+    assert_eq!(s, 400, "{r}");
+    assert_eq!(r["error"]["param"], "prompt");
+    let (s, m) = server.get("/v1/models/tiny");
+    assert_eq!(s, 200, "{m}");
+    assert!(m.contains("\"object\":\"model\""), "{m}");
+    let (s, m) = server.get("/v1/models/org%2Fother");
+    assert_eq!(s, 404, "{m}");
+    assert!(m.contains("model_not_found"), "{m}");
     let (s, t) = server.post("/tokenize", &json!({"prompt": "Chest X-ray"}));
     assert_eq!(s, 200);
     let tokens = t["tokens"].clone();
@@ -162,6 +206,13 @@ fn malformed_requests_get_openai_errors_and_the_server_stays_healthy() {
         ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": [{"type": "audio", "data": "x"}]}]}).to_string(), 400, Some("messages[0].content[0]")),
         ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": long}]}).to_string(), 400, Some("messages")),
         ("/v1/chat/completions", json!({"messages": user, "max_tokens": 500}).to_string(), 400, Some("max_tokens")),
+        ("/v1/chat/completions", json!({"messages": user, "response_format": {"type": "json_object"}}).to_string(), 400, Some("response_format")),
+        ("/v1/chat/completions", json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}).to_string(), 400, Some("response_format")),
+        ("/v1/chat/completions", json!({"messages": user, "response_format": {"type": "text"}, "tools": [], "tool_choice": "none", "max_tokens": 1}).to_string(), 200, None),
+        ("/v1/chat/completions", json!({"messages": user, "tools": [{"type": "function", "function": {"name": "f"}}]}).to_string(), 400, Some("tools")),
+        ("/v1/chat/completions", json!({"messages": user, "tool_choice": "required"}).to_string(), 400, Some("tool_choice")),
+        ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": [{"id": "1"}]}]}).to_string(), 400, Some("messages[1].tool_calls")),
+        ("/v1/chat/completions", json!({"messages": [{"role": "tool", "content": "42", "tool_call_id": "1"}]}).to_string(), 400, Some("messages[0].role")),
         ("/v1/completions", json!({"prompt": ""}).to_string(), 200, None),
         ("/v1/completions", json!({"prompt": []}).to_string(), 400, Some("prompt")),
         ("/v1/completions", json!({"prompt": [999999]}).to_string(), 400, Some("prompt")),
@@ -298,4 +349,21 @@ fn image_prompts_through_the_api_equal_transformers() {
     }
     let two_markers = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "no image"}]}], "max_tokens": 1});
     assert_eq!(server.post("/v1/chat/completions", &two_markers).0, 200);
+    // Image tokens typed into the text beside a real image: a 400, not a 500.
+    let (_, p) = g["prompts"].as_object().unwrap().iter().next().unwrap();
+    let mut msgs = common::image_messages(p);
+    let image = msgs[0]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|part| part["type"] == "image_url")
+        .unwrap()
+        .clone();
+    msgs = json!([{"role": "user", "content": [{"type": "text", "text": "<image_soft_token>"}, image]}]);
+    let (s, resp) = server.post(
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "max_tokens": 1}),
+    );
+    assert_eq!(s, 400, "{resp}");
+    assert_error_shape(&resp, "image tokens in the text");
 }

@@ -16,7 +16,7 @@ use medgemma_protocol::{unix_time, ChatCompletionRequest};
 
 use crate::access::{with_counts, TokenCounts};
 use crate::error::ApiError;
-use crate::generation::{sampling_params, submit, Piece, TextStream, TokenInfo};
+use crate::generation::{check_fan_out, sampling_params, submit, Piece, TextStream, TokenInfo};
 use crate::prompt::{chat_prompt, max_new_tokens};
 use crate::sse::{error_event, json_event, sse_response};
 use crate::state::AppState;
@@ -71,6 +71,7 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
     let prompt = chat_prompt(&chat, state, engine)?;
     let prompt_tokens = prompt.token_ids.len();
     let max_new = max_new_tokens(prompt_tokens, chat.sampling.max_tokens, engine)?;
+    check_fan_out(engine, chat.sampling.n, "n")?;
     let id = state.request_id("chatcmpl");
     let mut streams = Vec::with_capacity(chat.sampling.n);
     for i in 0..chat.sampling.n {
@@ -103,13 +104,10 @@ pub fn chat_logprobs(tokens: &[TokenInfo], stream: &TextStream) -> ChatLogprobs 
                     .logprobs
                     .top
                     .iter()
-                    .map(|&(id, lp)| {
-                        let token = stream.token_text(id);
-                        TopLogprob {
-                            bytes: token.as_bytes().to_vec(),
-                            token,
-                            logprob: lp,
-                        }
+                    .map(|&(id, lp)| TopLogprob {
+                        token: stream.token_text(id),
+                        bytes: stream.token_bytes(id),
+                        logprob: lp,
                     })
                     .collect(),
             })

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::access::{with_counts, TokenCounts};
 use crate::error::ApiError;
-use crate::generation::{sampling_params, submit, TextStream, TokenInfo};
+use crate::generation::{check_fan_out, sampling_params, submit, TextStream, TokenInfo};
 use crate::prompt::max_new_tokens;
 use crate::sse::{error_event, json_event, sse_response};
 use crate::state::{AppState, Engine};
@@ -60,6 +60,8 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Res
 struct Choice {
     stream: TextStream,
     echo: String,
+    /// The generated tokens' bytes so far, for `text_offset`.
+    decoded: Vec<u8>,
 }
 
 struct Run {
@@ -87,6 +89,9 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
     state.check_model(req.model.as_deref())?;
     let req = req.validate()?;
     let engine = state.engine()?;
+    let sequences = req.prompts.len() * req.sampling.n;
+    let param = if req.prompts.len() > 1 { "prompt" } else { "n" };
+    check_fan_out(engine, sequences, param)?;
     let id = state.request_id("cmpl");
     let mut choices = Vec::new();
     let mut prompt_tokens = 0;
@@ -118,6 +123,7 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
             choices.push(Choice {
                 stream,
                 echo: echo.clone(),
+                decoded: Vec::new(),
             });
         }
     }
@@ -129,9 +135,14 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
     })
 }
 
-fn legacy_logprobs(tokens: &[TokenInfo], stream: &TextStream, offset: usize) -> CompletionLogprobs {
+/// Each `text_offset` counts characters (Unicode scalar values, as OpenAI's Python
+/// indices do) of the choice's text before that token: the echoed prompt, then
+/// what `c.decoded` holds (the bytes of the tokens before, appended to here); a
+/// token holding part of a character adds nothing until the character is complete.
+fn legacy_logprobs(tokens: &[TokenInfo], c: &mut Choice) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
-    let mut pos = offset;
+    let (stream, bytes) = (&c.stream, &mut c.decoded);
+    let offset = c.echo.chars().count();
     for t in tokens {
         out.tokens.push(t.text.clone());
         out.token_logprobs.push(Some(t.logprobs.logprob));
@@ -142,10 +153,19 @@ fn legacy_logprobs(tokens: &[TokenInfo], stream: &TextStream, offset: usize) -> 
             .map(|&(id, lp)| (stream.token_text(id), Value::from(lp as f64)))
             .collect();
         out.top_logprobs.push(Some(top));
-        out.text_offset.push(pos);
-        pos += t.text.len();
+        out.text_offset.push(offset + complete_chars(bytes));
+        bytes.extend_from_slice(&t.bytes);
     }
     out
+}
+
+/// Characters in the longest valid UTF-8 prefix of `bytes`.
+fn complete_chars(bytes: &[u8]) -> usize {
+    let valid = match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    valid.chars().count()
 }
 
 async fn collect(state: &AppState, run: Run) -> Result<Completion, ApiError> {
@@ -165,10 +185,7 @@ async fn collect(state: &AppState, run: Run) -> Result<Completion, ApiError> {
         completion_tokens += c.stream.completion_tokens();
         choices.push(CompletionChoice {
             index,
-            logprobs: run
-                .req
-                .logprobs
-                .map(|_| legacy_logprobs(&tokens, &c.stream, c.echo.len())),
+            logprobs: run.req.logprobs.map(|_| legacy_logprobs(&tokens, &mut c)),
             text,
             finish_reason: Some(finish.as_str().to_string()),
         });
@@ -253,7 +270,7 @@ fn stream_response(
                                 *t += c.stream.completion_tokens();
                             }
                         }
-                        let lp = want_lp.then(|| legacy_logprobs(&piece.tokens, &c.stream, 0));
+                        let lp = want_lp.then(|| legacy_logprobs(&piece.tokens, &mut c));
                         let done = finish.is_some();
                         let e =
                             json_event(&chunk(&state, &id, created, index, piece.text, lp, finish));

@@ -111,9 +111,10 @@ impl From<medgemma_preprocess::PreprocessError> for ApiError {
                 format!("the chat template rejected the messages: {m}"),
                 Some("messages"),
             ),
-            P::NoChatTemplate | P::ImageCount { .. } | P::Image(_) => {
-                Self::bad_request(e.to_string(), Some("messages"))
-            }
+            P::NoChatTemplate
+            | P::ImageCount { .. }
+            | P::ImagePlaceholders { .. }
+            | P::Image(_) => Self::bad_request(e.to_string(), Some("messages")),
             other => Self::internal(other.to_string()),
         }
     }

@@ -52,6 +52,22 @@ pub fn sampling_params(
     })
 }
 
+/// Refuses a request that needs more sequences (prompts × `n`) than the queue
+/// can ever hold: it would only ever get 429 "retry later".
+pub fn check_fan_out(engine: &Engine, sequences: usize, param: &str) -> Result<(), ApiError> {
+    let most = engine.scheduler.config().max_waiting;
+    if sequences > most {
+        return Err(ApiError::bad_request(
+            format!(
+                "the request needs {sequences} sequences (prompts × n); the server queues at \
+                 most {most} at once (--max-waiting): split it into smaller requests"
+            ),
+            Some(param),
+        ));
+    }
+    Ok(())
+}
+
 /// Submits one choice's request.
 pub fn submit(
     engine: &Engine,
@@ -223,11 +239,14 @@ impl TextStream {
         let bytes = self.text.token_bytes(id);
         match String::from_utf8(bytes) {
             Ok(s) => s,
-            Err(e) => e
-                .into_bytes()
-                .iter()
-                .map(|b| format!("bytes:\\x{b:02x}"))
-                .collect(),
+            Err(e) => {
+                let hex: String = e
+                    .into_bytes()
+                    .iter()
+                    .map(|b| format!("\\x{b:02x}"))
+                    .collect();
+                format!("bytes:{hex}")
+            }
         }
     }
 

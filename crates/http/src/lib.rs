@@ -45,6 +45,7 @@ pub fn router(state: Arc<AppState>, limits: &HttpLimits) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(routes::models))
+        .route("/v1/models/{*id}", get(routes::model))
         .route("/tokenize", post(routes::tokenize))
         .route("/detokenize", post(routes::detokenize))
         .route("/health", get(routes::health))

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use medgemma_protocol::tokenize::{
@@ -16,19 +16,26 @@ use crate::prompt::template_messages;
 use crate::state::AppState;
 
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
-    let created = medgemma_protocol::unix_time();
-    let max_model_len = state.engine.get().map(|e| e.max_model_len);
-    axum::Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.model_name,
-            "object": "model",
-            "created": created,
-            "owned_by": "medgemma-server",
-            "max_model_len": max_model_len,
-        }]
-    }))
-    .into_response()
+    axum::Json(json!({"object": "list", "data": [model_object(&state)]})).into_response()
+}
+
+/// `GET /v1/models/{id}`; the id may hold slashes (a hub id or a path), sent
+/// percent-encoded or not.
+pub async fn model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match state.check_model(Some(&id)) {
+        Ok(()) => axum::Json(model_object(&state)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn model_object(state: &AppState) -> serde_json::Value {
+    json!({
+        "id": state.model_name,
+        "object": "model",
+        "created": state.started_unix(),
+        "owned_by": "medgemma-server",
+        "max_model_len": state.engine.get().map(|e| e.max_model_len),
+    })
 }
 
 pub async fn health() -> Response {

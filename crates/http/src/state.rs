@@ -112,6 +112,11 @@ impl AppState {
         self.engine.get().ok_or_else(ApiError::not_ready)
     }
 
+    /// When the server started, in Unix seconds: the model object's `created`.
+    pub fn started_unix(&self) -> u64 {
+        self.started / 1_000_000_000
+    }
+
     /// A fresh request id with the given prefix (`chatcmpl`, `cmpl`).
     pub fn request_id(&self, prefix: &str) -> String {
         let n = self.ids.fetch_add(1, Ordering::Relaxed);

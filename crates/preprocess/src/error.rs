@@ -14,6 +14,10 @@ pub enum PreprocessError {
     /// The prompt's image markers and the images given do not match.
     #[error("the prompt has {markers} image markers but {images} images were given")]
     ImageCount { markers: usize, images: usize },
+    /// The text itself holds image tokens, so the placeholders do not line up with
+    /// the images.
+    #[error("the messages' text holds image tokens of its own: the prompt tokenizes to {found} image placeholders for {images} images")]
+    ImagePlaceholders { found: usize, images: usize },
     #[error(transparent)]
     Image(#[from] crate::decode::ImageError),
 }

@@ -133,11 +133,10 @@ impl ImageTokens {
         let runs = self.soft_token_runs(&token_ids);
         let flat: Vec<PixelImage> = images.into_iter().flatten().collect();
         if runs.len() != flat.len() || runs.iter().any(|r| r.1 != self.tokens_per_image) {
-            return Err(PreprocessError::Tokenizer(format!(
-                "the prompt tokenizes to {} image placeholders for {} images",
-                runs.len(),
-                flat.len()
-            )));
+            return Err(PreprocessError::ImagePlaceholders {
+                found: runs.len(),
+                images: flat.len(),
+            });
         }
         let images = runs
             .into_iter()

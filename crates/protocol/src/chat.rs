@@ -17,6 +17,13 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<i64>,
     /// Per-request pan-and-scan for images (an extension).
     pub do_pan_and_scan: Option<bool>,
+    /// Structured output and tool calling are not implemented: asking for them is
+    /// refused (see [`refuse_unsupported`]), never silently ignored.
+    pub response_format: Option<Value>,
+    pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
+    pub functions: Option<Value>,
+    pub function_call: Option<Value>,
     /// Read from the same body separately (see `parse_with_sampling`), so that a
     /// wrong type names its field.
     #[serde(skip)]
@@ -35,6 +42,7 @@ pub struct ChatMessage {
     #[serde(default)]
     pub content: Option<serde_json::Value>,
     pub name: Option<String>,
+    pub tool_calls: Option<Value>,
 }
 
 /// A checked message.
@@ -72,6 +80,7 @@ pub const MAX_TOP_LOGPROBS: i64 = 20;
 
 impl ChatCompletionRequest {
     pub fn validate(self) -> Result<ValidChat, ProtocolError> {
+        refuse_unsupported(&self)?;
         let messages = validate_messages(&self.messages)?;
         let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (_, Some(n)) if !(0..=MAX_TOP_LOGPROBS).contains(&n) => {
@@ -105,6 +114,55 @@ impl ChatCompletionRequest {
     }
 }
 
+/// JSON mode, structured output and tool calling: a client that asks for them
+/// relies on them, so the request is refused rather than answered in free text.
+fn refuse_unsupported(r: &ChatCompletionRequest) -> Result<(), ProtocolError> {
+    if let Some(format) = r.response_format.as_ref().filter(|v| !v.is_null()) {
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            kind => {
+                let kind = kind.map_or("without a type".to_string(), |k| format!("{k:?}"));
+                return Err(ProtocolError::param(
+                    "response_format",
+                    format!(
+                        "'response_format' {kind} is not supported: the server answers in free \
+                         text (ask for the format in the prompt)"
+                    ),
+                ));
+            }
+        }
+    }
+    for (param, value) in [("tools", &r.tools), ("functions", &r.functions)] {
+        let listed = match value {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(_) => true,
+        };
+        if listed {
+            return Err(ProtocolError::param(
+                param,
+                format!("'{param}': tool calling is not supported"),
+            ));
+        }
+    }
+    for (param, value) in [
+        ("tool_choice", &r.tool_choice),
+        ("function_call", &r.function_call),
+    ] {
+        match value {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "none" || s == "auto" => {}
+            Some(_) => {
+                return Err(ProtocolError::param(
+                    param,
+                    format!("'{param}': tool calling is not supported"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks roles and content parts, naming the offending message and part.
 pub fn validate_messages(messages: &[ChatMessage]) -> Result<Vec<ValidMessage>, ProtocolError> {
     if messages.is_empty() {
@@ -124,6 +182,15 @@ fn check_message(i: usize, m: &ChatMessage) -> Result<ValidMessage, ProtocolErro
     let param = format!("messages[{i}]");
     match m.role.as_str() {
         "system" | "developer" | "user" | "assistant" => {}
+        "tool" | "function" => {
+            return Err(ProtocolError::invalid(
+                format!(
+                    "messages[{i}]: {:?} messages are not supported (tool calling is not)",
+                    m.role
+                ),
+                Some(format!("{param}.role")),
+            ))
+        }
         other => {
             return Err(ProtocolError::invalid(
                 format!(
@@ -132,6 +199,12 @@ fn check_message(i: usize, m: &ChatMessage) -> Result<ValidMessage, ProtocolErro
                 Some(format!("{param}.role")),
             ))
         }
+    }
+    if matches!(&m.tool_calls, Some(Value::Array(a)) if !a.is_empty()) {
+        return Err(ProtocolError::invalid(
+            format!("{param}.tool_calls: tool calling is not supported"),
+            Some(format!("{param}.tool_calls")),
+        ));
     }
     let content = match &m.content {
         Some(Value::String(s)) => MessageContent::Text(s.clone()),
