@@ -82,6 +82,20 @@ def test_models_and_errors(client):
     assert e.value.body["param"] == "temperature"
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("google/other-model")
+
+
+def test_json_mode_and_tools_are_refused_not_ignored(client):
+    msgs = [{"role": "user", "content": "List the findings as JSON."}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=msgs, response_format={"type": "json_object"})
+    assert e.value.body["param"] == "response_format"
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=msgs, tools=[tool])
+    assert e.value.body["param"] == "tools"
 
 
 def test_wrong_key_is_refused(server):
