@@ -107,8 +107,13 @@ impl From<medgemma_preprocess::PreprocessError> for ApiError {
     fn from(e: medgemma_preprocess::PreprocessError) -> Self {
         use medgemma_preprocess::PreprocessError as P;
         match e {
-            P::Template(m) => Self::bad_request(
-                format!("the chat template rejected the messages: {m}"),
+            P::Template { at, msg } => Self::bad_request(
+                match at {
+                    Some(k) => {
+                        format!("the chat template rejected the messages: messages[{k}]: {msg}")
+                    }
+                    None => format!("the chat template rejected the messages: {msg}"),
+                },
                 Some("messages"),
             ),
             P::NoChatTemplate

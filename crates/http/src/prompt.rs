@@ -2,7 +2,7 @@
 //! template, image bytes, tokenization and the length check.
 
 use medgemma_core::Prompt;
-use medgemma_preprocess::TemplateMessage;
+use medgemma_preprocess::{PreprocessError, TemplateMessage};
 use medgemma_protocol::chat::ValidChat;
 use medgemma_protocol::{ContentPart, MessageContent, ValidMessage};
 use serde_json::{json, Value};
@@ -11,13 +11,43 @@ use crate::error::ApiError;
 use crate::images::image_bytes;
 use crate::state::{AppState, Engine};
 
-/// Template messages and the image bytes they refer to, in order.
+/// A request's messages as the chat template takes them.
+pub struct Templated {
+    pub messages: Vec<TemplateMessage>,
+    /// The image bytes the messages refer to, in order.
+    pub images: Vec<Vec<u8>>,
+    /// For each templated message, the request's index of its first message
+    /// (same-role neighbours are merged).
+    origin: Vec<usize>,
+}
+
+impl Templated {
+    /// Renders the conversation; a template error names the request's message.
+    pub fn render(&self, engine: &Engine, add_generation_prompt: bool) -> Result<String, ApiError> {
+        engine
+            .text
+            .render_chat(&self.messages, add_generation_prompt)
+            .map_err(|e| match e {
+                PreprocessError::Template { at: Some(k), msg } => PreprocessError::Template {
+                    at: Some(self.origin.get(k).copied().unwrap_or(k)),
+                    msg,
+                },
+                other => other,
+            })
+            .map_err(ApiError::from)
+    }
+}
+
+/// The template's messages for `messages`, with the image bytes they refer to.
 pub fn template_messages(
     messages: &[ValidMessage],
     state: &AppState,
-) -> Result<(Vec<TemplateMessage>, Vec<Vec<u8>>), ApiError> {
-    let mut out = Vec::with_capacity(messages.len());
-    let mut images = Vec::new();
+) -> Result<Templated, ApiError> {
+    let mut out = Templated {
+        messages: Vec::with_capacity(messages.len()),
+        images: Vec::new(),
+        origin: Vec::with_capacity(messages.len()),
+    };
     for (i, m) in messages.iter().enumerate() {
         let role = if m.role == "developer" {
             "system"
@@ -33,7 +63,7 @@ pub fn template_messages(
                         ContentPart::Text { text } => json!({"type": "text", "text": text}),
                         ContentPart::ImageUrl { url } => {
                             let param = format!("messages[{i}].content[{j}].image_url.url");
-                            images.push(image_bytes(url, &state.images, &param)?);
+                            out.images.push(image_bytes(url, &state.images, &param)?);
                             json!({"type": "image"})
                         }
                     });
@@ -41,12 +71,50 @@ pub fn template_messages(
                 Value::Array(items)
             }
         };
-        out.push(TemplateMessage {
-            role: role.to_string(),
-            content,
-        });
+        let merged = push_merged(
+            &mut out.messages,
+            TemplateMessage {
+                role: role.to_string(),
+                content,
+            },
+        );
+        if !merged {
+            out.origin.push(i);
+        }
     }
-    Ok((out, images))
+    Ok(out)
+}
+
+/// Appends `m`, joining it to the previous message when both have the same role:
+/// Gemma's template takes strictly alternating turns, while OpenAI clients may
+/// send two user messages in a row (text, then an image) or a system and a
+/// developer message. Adjacent texts are joined by a blank line. Returns whether
+/// `m` was merged.
+fn push_merged(out: &mut Vec<TemplateMessage>, m: TemplateMessage) -> bool {
+    let Some(prev) = out.last_mut().filter(|p| p.role == m.role) else {
+        out.push(m);
+        return false;
+    };
+    let mut parts = into_parts(std::mem::take(&mut prev.content));
+    for part in into_parts(m.content) {
+        match (parts.last_mut(), part.get("text").and_then(Value::as_str)) {
+            (Some(last), Some(text)) if last["type"] == "text" => {
+                let joined = format!("{}\n\n{text}", last["text"].as_str().unwrap_or_default());
+                last["text"] = Value::String(joined);
+            }
+            _ => parts.push(part),
+        }
+    }
+    prev.content = Value::Array(parts);
+    true
+}
+
+fn into_parts(content: Value) -> Vec<Value> {
+    match content {
+        Value::Array(parts) => parts,
+        Value::String(text) => vec![json!({"type": "text", "text": text})],
+        other => vec![other],
+    }
 }
 
 /// Renders, expands images and tokenizes a chat request.
@@ -55,8 +123,9 @@ pub fn chat_prompt(
     state: &AppState,
     engine: &Engine,
 ) -> Result<Prompt, ApiError> {
-    let (messages, images) = template_messages(&chat.messages, state)?;
-    let rendered = engine.text.render_chat(&messages, true)?;
+    let templated = template_messages(&chat.messages, state)?;
+    let rendered = templated.render(engine, true)?;
+    let images = templated.images;
     if images.is_empty() {
         return Ok(Prompt {
             token_ids: engine.text.encode(&rendered)?,

@@ -72,10 +72,8 @@ pub async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
                 .encode_with(&p, req.add_special_tokens.unwrap_or(true))?,
             (None, Some(m)) => {
                 let valid = medgemma_protocol::validate_messages(&m)?;
-                let (msgs, _) = template_messages(&valid, &state)?;
-                let rendered = engine
-                    .text
-                    .render_chat(&msgs, req.add_generation_prompt.unwrap_or(true))?;
+                let rendered = template_messages(&valid, &state)?
+                    .render(engine, req.add_generation_prompt.unwrap_or(true))?;
                 engine.text.encode(&rendered)?
             }
             _ => {

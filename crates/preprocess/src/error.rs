@@ -6,9 +6,10 @@ pub enum PreprocessError {
     File { path: String, msg: String },
     #[error("the checkpoint has no chat template (tokenizer_config.json chat_template, chat_template.json or chat_template.jinja)")]
     NoChatTemplate,
-    /// The template raised or failed on these messages (roles not alternating, say).
-    #[error("chat template: {0}")]
-    Template(String),
+    /// The template raised or failed on these messages (roles not alternating, say);
+    /// `at`: the first message at which the conversation fails, when known.
+    #[error("chat template: {}{msg}", at.map(|k| format!("messages[{k}]: ")).unwrap_or_default())]
+    Template { at: Option<usize>, msg: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// The prompt's image markers and the images given do not match.

@@ -52,11 +52,11 @@ impl ChatTemplate {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
-        env.add_template_owned(NAME, source).map_err(|e| {
-            PreprocessError::Template(format!(
-                "the checkpoint's chat template does not parse: {e}"
-            ))
-        })?;
+        env.add_template_owned(NAME, source)
+            .map_err(|e| PreprocessError::Template {
+                at: None,
+                msg: format!("the checkpoint's chat template does not parse: {e}"),
+            })?;
         Ok(Self {
             env,
             bos_token,
@@ -102,9 +102,9 @@ impl ChatTemplate {
             .map_err(|msg| {
                 let at =
                     (1..=messages.len()).find(|&k| self.render_raw(&messages[..k], false).is_err());
-                match at {
-                    Some(k) => PreprocessError::Template(format!("messages[{}]: {msg}", k - 1)),
-                    None => PreprocessError::Template(msg),
+                PreprocessError::Template {
+                    at: at.map(|k| k - 1),
+                    msg,
                 }
             })
     }
