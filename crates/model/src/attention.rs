@@ -12,6 +12,7 @@ use crate::config::TextConfig;
 use crate::kv::{KvPool, StepKv};
 use crate::norm::GemmaRmsNorm;
 use crate::paged_decode;
+use crate::qk_rope_write::{qk_rope_write, QkRopeWrite};
 use crate::rope::RopeTables;
 
 #[derive(Debug, Clone)]
@@ -26,10 +27,14 @@ pub struct Attention {
     num_kv_heads: usize,
     head_dim: usize,
     scale: f64,
+    /// Run the q/k norms, RoPE and the KV write as one CUDA kernel.
+    fused_qk: bool,
 }
 
 impl Attention {
-    pub fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    /// `fused_qk`: use the fused q/k norm, RoPE and KV-write kernel (CUDA; see
+    /// `qk_rope_write::usable`).
+    pub fn new(cfg: &TextConfig, vb: VarBuilder, fused_qk: bool) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         Ok(Self {
@@ -43,6 +48,7 @@ impl Attention {
             num_kv_heads: nkv,
             head_dim: d,
             scale: cfg.query_pre_attn_scalar.powf(-0.5),
+            fused_qk,
         })
     }
 
@@ -57,17 +63,8 @@ impl Attention {
         layer: usize,
     ) -> Result<Tensor> {
         let (pool, step) = kv;
-        let t = x.dim(0)?;
-        let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self
-            .q_norm
-            .forward(&self.q_proj.forward(x)?.reshape((1, t, nq, d))?)?;
-        let k = self
-            .k_norm
-            .forward(&self.k_proj.forward(x)?.reshape((1, t, nkv, d))?)?;
-        let v = self.v_proj.forward(x)?.reshape((t, nkv, d))?;
-        let (q, k) = (rope.apply(&q)?.squeeze(0)?, rope.apply(&k)?.squeeze(0)?);
-        pool.write(layer, step, &k, &v)?;
+        let q = self.project_and_write(x, rope, pool, step, layer)?;
+        let (nq, d) = (self.num_heads, self.head_dim);
         let decoded = self.attend_decodes(&q, pool, step, layer)?;
         if step.all_decode() {
             if let Some(o) = decoded {
@@ -93,6 +90,41 @@ impl Attention {
             outs.push(o.transpose(0, 1)?.reshape((span.len, nq * d))?);
         }
         self.o_proj.forward(&Tensor::cat(&outs, 0)?)
+    }
+
+    /// The queries `[tokens, heads, head_dim]`, normalized and rotated, after the
+    /// step's keys (normalized, rotated) and values are written to the pool.
+    fn project_and_write(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        pool: &KvPool,
+        step: &StepKv,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let t = x.dim(0)?;
+        let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(x)?.reshape((t, nq, d))?;
+        let k = self.k_proj.forward(x)?.reshape((t, nkv, d))?;
+        let v = self.v_proj.forward(x)?.reshape((t, nkv, d))?;
+        if self.fused_qk {
+            let (k_pool, v_pool, slots) = pool.write_target(layer, step);
+            let target = QkRopeWrite {
+                q_w: self.q_norm.scale(),
+                k_w: self.k_norm.scale(),
+                eps: self.q_norm.eps(),
+                rope,
+                slots,
+                k_pool,
+                v_pool,
+            };
+            return qk_rope_write(&q, &k, &v, &target);
+        }
+        let q = self.q_norm.forward(&q.unsqueeze(0)?)?;
+        let k = self.k_norm.forward(&k.unsqueeze(0)?)?;
+        let (q, k) = (rope.apply(&q)?.squeeze(0)?, rope.apply(&k)?.squeeze(0)?);
+        pool.write(layer, step, &k, &v)?;
+        Ok(q)
     }
 
     /// Attention of every decoding sequence (one query each) in one batched

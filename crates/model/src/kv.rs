@@ -192,11 +192,14 @@ impl KvPool {
             }
         }
         let t = writes.len();
-        let write = Tensor::from_vec(writes, (t, 1), device)?
+        let slots = Tensor::from_vec(writes, t, device)?;
+        let write = slots
+            .reshape((t, 1))?
             .broadcast_as((t, row))?
             .contiguous()?;
         let n = read_slots.len();
         Ok(GroupStep {
+            slots,
             write,
             read: Tensor::from_vec(read_slots, n, device)?,
             reads,
@@ -236,6 +239,18 @@ impl KvPool {
         self.k[slot].scatter_set(idx, &k.reshape((t, row))?.contiguous()?, 0)?;
         self.v[slot].scatter_set(idx, &v.reshape((t, row))?.contiguous()?, 0)?;
         Ok(())
+    }
+
+    /// Where `layer`'s new keys and values go, for kernels that write them
+    /// themselves: the layer's key and value pools (`[pool slots, kv_heads *
+    /// head_dim]`) and the slot of every new token (`[tokens]` u32).
+    pub fn write_target<'a>(
+        &'a self,
+        layer: usize,
+        step: &'a StepKv,
+    ) -> (&'a Tensor, &'a Tensor, &'a Tensor) {
+        let (g, slot) = self.groups.layer_slots[layer];
+        (&self.k[slot], &self.v[slot], &step.groups[g].slots)
     }
 
     /// Keys and values prefill sequence `i` attends to in `layer` (`[kv_heads,
@@ -386,7 +401,9 @@ impl StepKv {
 
 #[derive(Debug)]
 struct GroupStep {
-    /// Slot of every new token, broadcast over the row: `[tokens, row]`.
+    /// Slot of every new token: `[tokens]`.
+    slots: Tensor,
+    /// The same, broadcast over the row: `[tokens, row]`.
     write: Tensor,
     /// Slots every prefilling sequence reads, concatenated.
     read: Tensor,

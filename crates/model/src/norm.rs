@@ -49,6 +49,10 @@ impl GemmaRmsNorm {
     pub fn scale(&self) -> &Tensor {
         &self.scale
     }
+
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
 }
 
 impl Module for GemmaRmsNorm {

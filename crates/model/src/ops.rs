@@ -12,3 +12,14 @@ pub fn softmax_in_f32(x: &Tensor) -> Result<Tensor> {
     }
     candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
 }
+
+/// max |a - b| / max |b|, in f32 on the CPU: how kernels are compared with their
+/// references.
+pub fn max_relative_error(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let cpu = &candle_core::Device::Cpu;
+    let a = a.to_dtype(DType::F32)?.to_device(cpu)?;
+    let b = b.to_dtype(DType::F32)?.to_device(cpu)?;
+    let diff = (a - &b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
+    Ok(f64::from(diff / scale.max(f32::MIN_POSITIVE)))
+}

@@ -1,11 +1,17 @@
 //! Gemma's q/k RMSNorms, RoPE and the KV-cache write as one CUDA kernel
 //! (kernels/qk_norm_rope_write.cu), with `reference`, the same steps as separate
-//! ops. `medgemma-server check` compares the two on a GPU. The decoder does not
-//! call the kernel yet: it was written after this project's last GPU session and
-//! has not run on a GPU; `Attention::forward` switches to it once `check` passes.
+//! ops. The kernel replaces five launches per layer and keeps the norms' weights
+//! in f32, as transformers does (the unfused CUDA path rounds `1 + w` to the
+//! activation dtype).
+//!
+//! It has not yet run on a GPU of this project's, so the decoder uses it only
+//! after `self_test` passes on the device at load, on the model's own shapes;
+//! otherwise it keeps the unfused ops and says so. `medgemma-server check` runs
+//! the same comparison and reports it.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
+use crate::config::TextConfig;
 use crate::rope::RopeTables;
 
 /// The per-layer inputs besides q, k and v.
@@ -45,6 +51,101 @@ pub fn qk_rope_write(q: &Tensor, k: &Tensor, v: &Tensor, p: &QkRopeWrite<'_>) ->
     {
         let _ = (q, k, v, p);
         candle_core::bail!("the fused q/k norm, RoPE and KV write needs a CUDA build")
+    }
+}
+
+/// Worst relative error of the kernel on `device` against `reference` on the CPU,
+/// on random inputs of the given shapes: the rotated queries, and the keys and
+/// values read back from the pool at their slots.
+pub fn self_test(
+    device: &Device,
+    dtype: DType,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> Result<f64> {
+    let tokens = 5;
+    let pool_slots = 64;
+    let row = kv_heads * head_dim;
+    let cpu = &Device::Cpu;
+    let q = Tensor::randn(0f32, 2.0, (tokens, heads, head_dim), cpu)?.to_dtype(dtype)?;
+    let k = Tensor::randn(0f32, 2.0, (tokens, kv_heads, head_dim), cpu)?.to_dtype(dtype)?;
+    let v = Tensor::randn(0f32, 2.0, (tokens, kv_heads, head_dim), cpu)?.to_dtype(dtype)?;
+    let q_w = (Tensor::randn(0f32, 0.5, head_dim, cpu)? + 1.0)?;
+    let k_w = (Tensor::randn(0f32, 0.5, head_dim, cpu)? + 1.0)?;
+    let angles = (Tensor::rand(0f32, 1.0, (tokens, head_dim / 2), cpu)? * std::f64::consts::TAU)?;
+    let rope = |d: &Device| -> Result<RopeTables> {
+        Ok(RopeTables {
+            cos: angles.cos()?.to_dtype(dtype)?.to_device(d)?,
+            sin: angles.sin()?.to_dtype(dtype)?.to_device(d)?,
+        })
+    };
+    let eps = 1e-6;
+    let (want_q, want_k) = reference(&q, &k, &q_w, &k_w, eps, &rope(cpu)?)?;
+    let slots = Tensor::new(&[3u32, 17, 40, 8, 63], device)?;
+    let k_pool = Tensor::zeros((pool_slots, row), dtype, device)?;
+    let v_pool = Tensor::zeros((pool_slots, row), dtype, device)?;
+    let on = |t: &Tensor| t.to_device(device);
+    let dev_rope = rope(device)?;
+    let fused = QkRopeWrite {
+        q_w: &on(&q_w)?,
+        k_w: &on(&k_w)?,
+        eps,
+        rope: &dev_rope,
+        slots: &slots,
+        k_pool: &k_pool,
+        v_pool: &v_pool,
+    };
+    let got_q = qk_rope_write(&on(&q)?, &on(&k)?, &on(&v)?, &fused)?;
+    let read = |pool: &Tensor| {
+        pool.index_select(&slots, 0)?
+            .reshape((tokens, kv_heads, head_dim))
+    };
+    let err = crate::ops::max_relative_error;
+    Ok(err(&got_q, &want_q)?
+        .max(err(&read(&k_pool)?, &want_k)?)
+        .max(err(&read(&v_pool)?, &v)?))
+}
+
+/// The tolerance of `self_test` in `dtype`.
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        _ => 1e-2,
+    }
+}
+
+/// Whether the decoder of `cfg` may use the kernel on `device` in `dtype`: a CUDA
+/// device, and `self_test` passing there on the model's shapes.
+pub fn usable(cfg: &TextConfig, dtype: DType, device: &Device) -> bool {
+    if !device.is_cuda() {
+        return false;
+    }
+    let (heads, kv_heads, d) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    match self_test(device, dtype, heads, kv_heads, d) {
+        Ok(err) if err <= tolerance(dtype) => {
+            tracing::info!(
+                error = err,
+                "fused q/k norm + RoPE + KV write kernel in use"
+            );
+            true
+        }
+        Ok(err) => {
+            tracing::warn!(
+                error = err,
+                tolerance = tolerance(dtype),
+                "the fused q/k norm + RoPE + KV write kernel is off from its reference on this GPU: using the unfused ops"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the fused q/k norm + RoPE + KV write kernel failed its self-test: using the unfused ops");
+            false
+        }
     }
 }
 

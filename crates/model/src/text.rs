@@ -24,10 +24,15 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &TextConfig, layer_type: LayerType, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &TextConfig,
+        layer_type: LayerType,
+        vb: VarBuilder,
+        fused_qk: bool,
+    ) -> Result<Self> {
         let norm = |name: &str| GemmaRmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp(name));
         Ok(Self {
-            attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            attn: Attention::new(cfg, vb.pp("self_attn"), fused_qk)?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
             input_layernorm: norm("input_layernorm")?,
             post_attention_layernorm: norm("post_attention_layernorm")?,
@@ -87,11 +92,12 @@ impl TextModel {
     pub fn new(cfg: &TextConfig, vb: VarBuilder, lm_head_vb: Option<VarBuilder>) -> Result<Self> {
         let embed_tokens =
             candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("embed_tokens"))?;
+        let fused_qk = crate::qk_rope_write::usable(cfg, vb.dtype(), vb.device());
         let layers = cfg
             .layer_types
             .iter()
             .enumerate()
-            .map(|(i, &t)| DecoderLayer::new(cfg, t, vb.pp("layers").pp(i)))
+            .map(|(i, &t)| DecoderLayer::new(cfg, t, vb.pp("layers").pp(i), fused_qk))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = match lm_head_vb {
             Some(vb) if !cfg.tie_word_embeddings => {
