@@ -5,7 +5,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["paged_attention", "add_rmsnorm", "qk_norm_rope_write"];
+const KERNELS: &[&str] = &[
+    "paged_attention",
+    "add_rmsnorm",
+    "qk_norm_rope_write",
+    "gelu_mul",
+];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CARGO_FEATURE_CUDA");

@@ -1,15 +1,16 @@
 //! The CUDA kernels against their plain-tensor references on the CPU, on random
 //! inputs of MedGemma's shapes: decode attention over the paged pool (GQA,
 //! sequences of different lengths scattered over the pool's slots), the
-//! residual add fused with the RMSNorms around it, and the q/k norms fused with
-//! RoPE and the KV write (the decoder runs that last comparison itself at load,
-//! on the model's shapes, before it uses the kernel).
+//! residual add fused with the RMSNorms around it, the q/k norms fused with RoPE
+//! and the KV write, and the MLP's gelu fused with its product (the decoder runs
+//! those last two comparisons itself at load, on the model's shapes, before it
+//! uses the kernels).
 
 use anyhow::Result;
-use medgemma_model::add_norm;
 use medgemma_model::ops::max_relative_error as rel_err;
 use medgemma_model::paged_decode::{paged_decode, reference};
 use medgemma_model::qk_rope_write;
+use medgemma_model::{add_norm, gelu_mul};
 use medgemma_model::{DType, Device};
 
 use medgemma_model::Tensor;
@@ -50,6 +51,16 @@ pub fn check(device: &Device) -> Result<bool> {
             let what =
                 format!("q/k norm + RoPE + KV write heads {heads}/{kv_heads} dim {head_dim}");
             ok &= report(&what, dtype, err, qk_rope_write::tolerance(dtype));
+        }
+        for inter in [10240, 21504] {
+            let err = gelu_mul::self_test(device, dtype, inter)?;
+            let what = format!("gelu(gate) * up intermediate {inter}");
+            ok &= report(
+                &what,
+                dtype,
+                err,
+                medgemma_model::ops::fused_tolerance(dtype),
+            );
         }
     }
     Ok(ok)

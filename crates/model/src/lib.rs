@@ -11,6 +11,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod executor;
+pub mod gelu_mul;
 pub mod generate;
 pub mod hub;
 pub mod image_plan;

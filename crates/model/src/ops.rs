@@ -23,3 +23,40 @@ pub fn max_relative_error(a: &Tensor, b: &Tensor) -> Result<f64> {
     let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
     Ok(f64::from(diff / scale.max(f32::MIN_POSITIVE)))
 }
+
+/// The tolerance of a fused kernel's self-test against its reference (max
+/// relative error): f32 to float rounding, lower precisions to a few roundings.
+pub fn fused_tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        _ => 1e-2,
+    }
+}
+
+/// Whether a fused kernel's self-test on the device passed; says which way it
+/// went, since a kernel that fails leaves the model on the slower unfused ops.
+pub fn self_test_passes(kernel: &str, result: Result<f64>, tolerance: f64) -> bool {
+    match result {
+        Ok(err) if err <= tolerance => {
+            tracing::info!(
+                kernel,
+                error = err,
+                "fused kernel passed its self-test: in use"
+            );
+            true
+        }
+        Ok(err) => {
+            tracing::warn!(
+                kernel,
+                error = err,
+                tolerance,
+                "fused kernel is off from its reference on this GPU: using the unfused ops"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(kernel, error = %e, "fused kernel failed its self-test: using the unfused ops");
+            false
+        }
+    }
+}

@@ -109,44 +109,23 @@ pub fn self_test(
 
 /// The tolerance of `self_test` in `dtype`.
 pub fn tolerance(dtype: DType) -> f64 {
-    match dtype {
-        DType::F32 => 1e-5,
-        _ => 1e-2,
-    }
+    crate::ops::fused_tolerance(dtype)
 }
 
 /// Whether the decoder of `cfg` may use the kernel on `device` in `dtype`: a CUDA
 /// device, and `self_test` passing there on the model's shapes.
 pub fn usable(cfg: &TextConfig, dtype: DType, device: &Device) -> bool {
-    if !device.is_cuda() {
-        return false;
-    }
     let (heads, kv_heads, d) = (
         cfg.num_attention_heads,
         cfg.num_key_value_heads,
         cfg.head_dim,
     );
-    match self_test(device, dtype, heads, kv_heads, d) {
-        Ok(err) if err <= tolerance(dtype) => {
-            tracing::info!(
-                error = err,
-                "fused q/k norm + RoPE + KV write kernel in use"
-            );
-            true
-        }
-        Ok(err) => {
-            tracing::warn!(
-                error = err,
-                tolerance = tolerance(dtype),
-                "the fused q/k norm + RoPE + KV write kernel is off from its reference on this GPU: using the unfused ops"
-            );
-            false
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "the fused q/k norm + RoPE + KV write kernel failed its self-test: using the unfused ops");
-            false
-        }
-    }
+    device.is_cuda()
+        && crate::ops::self_test_passes(
+            "q/k norm + RoPE + KV write",
+            self_test(device, dtype, heads, kv_heads, d),
+            tolerance(dtype),
+        )
 }
 
 /// The unfused steps on any device: q and k normalized (f32 sums) and rotated.

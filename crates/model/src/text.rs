@@ -12,6 +12,13 @@ use crate::mlp::Mlp;
 use crate::norm::GemmaRmsNorm;
 use crate::rope::{Rope, RopeTables};
 
+/// The fused CUDA kernels that passed their self-test on the model's device.
+#[derive(Debug, Clone, Copy)]
+struct Fused {
+    qk: bool,
+    gelu_mul: bool,
+}
+
 #[derive(Debug, Clone)]
 struct DecoderLayer {
     attn: Attention,
@@ -24,16 +31,11 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(
-        cfg: &TextConfig,
-        layer_type: LayerType,
-        vb: VarBuilder,
-        fused_qk: bool,
-    ) -> Result<Self> {
+    fn new(cfg: &TextConfig, layer_type: LayerType, vb: VarBuilder, fused: Fused) -> Result<Self> {
         let norm = |name: &str| GemmaRmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp(name));
         Ok(Self {
-            attn: Attention::new(cfg, vb.pp("self_attn"), fused_qk)?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            attn: Attention::new(cfg, vb.pp("self_attn"), fused.qk)?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), fused.gelu_mul)?,
             input_layernorm: norm("input_layernorm")?,
             post_attention_layernorm: norm("post_attention_layernorm")?,
             pre_feedforward_layernorm: norm("pre_feedforward_layernorm")?,
@@ -92,12 +94,15 @@ impl TextModel {
     pub fn new(cfg: &TextConfig, vb: VarBuilder, lm_head_vb: Option<VarBuilder>) -> Result<Self> {
         let embed_tokens =
             candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("embed_tokens"))?;
-        let fused_qk = crate::qk_rope_write::usable(cfg, vb.dtype(), vb.device());
+        let fused = Fused {
+            qk: crate::qk_rope_write::usable(cfg, vb.dtype(), vb.device()),
+            gelu_mul: crate::gelu_mul::usable(cfg.intermediate_size, vb.dtype(), vb.device()),
+        };
         let layers = cfg
             .layer_types
             .iter()
             .enumerate()
-            .map(|(i, &t)| DecoderLayer::new(cfg, t, vb.pp("layers").pp(i), fused_qk))
+            .map(|(i, &t)| DecoderLayer::new(cfg, t, vb.pp("layers").pp(i), fused))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = match lm_head_vb {
             Some(vb) if !cfg.tie_word_embeddings => {
