@@ -238,9 +238,10 @@ fn malformed_requests_get_openai_errors_and_the_server_stays_healthy() {
     let tokens = |messages: Value| {
         server.post("/tokenize", &json!({"messages": messages})).1["tokens"].clone()
     };
-    let split = json!([{"role": "system", "content": "s"}, {"role": "developer", "content": "d"}, {"role": "user", "content": "a"}, {"role": "user", "content": [{"type": "text", "text": "b"}]}]);
+    let split = json!([{"role": "system", "content": "s"}, {"role": "developer", "content": "d"}, {"role": "user", "content": "a"}, {"role": "user", "content": [{"type": "text", "text": "b"}, {"type": "text", "text": "c"}]}]);
+    // Only the seam is joined: the template runs a message's own text parts together.
     let joined =
-        json!([{"role": "system", "content": "s\n\nd"}, {"role": "user", "content": "a\n\nb"}]);
+        json!([{"role": "system", "content": "s\n\nd"}, {"role": "user", "content": "a\n\nbc"}]);
     assert_eq!(tokens(split), tokens(joined));
     let mid_system = json!({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "a2"}, {"role": "assistant", "content": "b"}, {"role": "system", "content": "s"}, {"role": "user", "content": "c"}]});
     let (status, resp) = server.post("/v1/chat/completions", &mid_system);

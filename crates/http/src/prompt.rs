@@ -96,15 +96,18 @@ fn push_merged(out: &mut Vec<TemplateMessage>, m: TemplateMessage) -> bool {
         return false;
     };
     let mut parts = into_parts(std::mem::take(&mut prev.content));
-    for part in into_parts(m.content) {
-        match (parts.last_mut(), part.get("text").and_then(Value::as_str)) {
+    let mut more = into_parts(m.content).into_iter();
+    // Only the seam between the two messages is joined; each keeps its own parts.
+    if let Some(first) = more.next() {
+        match (parts.last_mut(), first.get("text").and_then(Value::as_str)) {
             (Some(last), Some(text)) if last["type"] == "text" => {
                 let joined = format!("{}\n\n{text}", last["text"].as_str().unwrap_or_default());
                 last["text"] = Value::String(joined);
             }
-            _ => parts.push(part),
+            _ => parts.push(first),
         }
     }
+    parts.extend(more);
     prev.content = Value::Array(parts);
     true
 }
