@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks of a prebuilt CUDA binary, run on the GPU machine:
 #   1. `check`: the fixture checkpoints on cuda:0, f32 greedy ids against the CPU and
-#      transformers' goldens, bf16 first-step logits against f32 on the CPU;
+#      transformers' goldens; in bf16 every prefill stage (embedding, each layer, the
+#      head) from the CPU's input to it against the CPU's output; each CUDA kernel
+#      against its reference;
 #   2. `bench`: synthetic MedGemma 4B (real shapes, random weights) in bf16 at
 #      concurrency 1, 8 and 64, plus the time to first token of a one-image request.
 # Usage: [OUT_DIR=dir] bash scripts/gpu-check.sh [path/to/medgemma-server]
@@ -26,6 +28,8 @@ timeout --kill-after=10 "$CHECK_TIMEOUT" bash "$RUN" "$BIN" \
 check_rc=${PIPESTATUS[0]}
 
 echo "== bench (at most ${BENCH_TIMEOUT}s)"
+# The fused kernels' load-time self-tests say whether they are in use.
+MEDGEMMA_LOG="${MEDGEMMA_LOG:-warn,medgemma_model::ops=info}" \
 timeout --kill-after=10 "$BENCH_TIMEOUT" bash "$RUN" "$BIN" \
   bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,8,64 \
   --images 1 --json "$OUT_DIR/bench-4b.json" 2>&1 | tee "$OUT_DIR/bench-4b.txt"
