@@ -5,11 +5,12 @@
 //! Gemma 2), never applied: checked on the tiny-gemma3-text fixture, which sets it.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear_no_bias, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::batch::ForwardBatch;
 use crate::config::TextConfig;
 use crate::kv::{KvPool, StepKv};
+use crate::linear::Linear;
 use crate::norm::GemmaRmsNorm;
 use crate::paged_decode;
 use crate::qk_rope_write::{qk_rope_write, QkRopeWrite};
@@ -38,10 +39,10 @@ impl Attention {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         Ok(Self {
-            q_proj: linear_no_bias(h, nq * d, vb.pp("q_proj"))?,
-            k_proj: linear_no_bias(h, nkv * d, vb.pp("k_proj"))?,
-            v_proj: linear_no_bias(h, nkv * d, vb.pp("v_proj"))?,
-            o_proj: linear_no_bias(nq * d, h, vb.pp("o_proj"))?,
+            q_proj: Linear::load(h, nq * d, vb.pp("q_proj"))?,
+            k_proj: Linear::load(h, nkv * d, vb.pp("k_proj"))?,
+            v_proj: Linear::load(h, nkv * d, vb.pp("v_proj"))?,
+            o_proj: Linear::load(nq * d, h, vb.pp("o_proj"))?,
             q_norm: GemmaRmsNorm::new(d, cfg.rms_norm_eps, vb.pp("q_norm"))?,
             k_norm: GemmaRmsNorm::new(d, cfg.rms_norm_eps, vb.pp("k_norm"))?,
             num_heads: nq,

@@ -17,6 +17,7 @@ pub mod hub;
 pub mod image_plan;
 pub mod kv;
 pub mod kv_budget;
+pub mod linear;
 pub mod mask;
 pub mod mlp;
 pub mod model;

@@ -3,10 +3,11 @@
 //! for both, and on CUDA the gelu and product as one kernel (`gelu_mul`).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear_no_bias, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::TextConfig;
 use crate::gelu_mul;
+use crate::linear::Linear;
 
 #[derive(Debug, Clone)]
 pub struct Mlp {
@@ -24,8 +25,8 @@ impl Mlp {
         let gate = vb.pp("gate_proj").get((i, h), "weight")?;
         let up = vb.pp("up_proj").get((i, h), "weight")?;
         Ok(Self {
-            gate_up: Linear::new(Tensor::cat(&[&gate, &up], 0)?, None),
-            down: linear_no_bias(i, h, vb.pp("down_proj"))?,
+            gate_up: Linear::new(Tensor::cat(&[&gate, &up], 0)?),
+            down: Linear::load(i, h, vb.pp("down_proj"))?,
             intermediate: i,
             fused,
         })

@@ -254,7 +254,7 @@ impl TextModel {
         }
         let idx = Tensor::new(rows.as_slice(), &self.device)?;
         let last = normed.index_select(&idx, 0)?;
-        let mut logits = last.matmul(&self.lm_head.t()?)?;
+        let mut logits = crate::linear::matmul_wt(&last, &self.lm_head)?;
         if let Some(cap) = self.cfg.final_logit_softcapping {
             logits = ((logits / cap)?.tanh()? * cap)?;
         }
