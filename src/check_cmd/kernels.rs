@@ -7,7 +7,7 @@
 //! uses the kernels).
 
 use anyhow::Result;
-use medgemma_model::ops::max_relative_error as rel_err;
+use medgemma_model::ops::{fused_tolerance, max_relative_error as rel_err};
 use medgemma_model::paged_decode::{paged_decode, reference};
 use medgemma_model::qk_rope_write;
 use medgemma_model::{add_norm, gelu_mul};
@@ -50,17 +50,12 @@ pub fn check(device: &Device) -> Result<bool> {
             let err = qk_rope_write::self_test(device, dtype, heads, kv_heads, head_dim)?;
             let what =
                 format!("q/k norm + RoPE + KV write heads {heads}/{kv_heads} dim {head_dim}");
-            ok &= report(&what, dtype, err, qk_rope_write::tolerance(dtype));
+            ok &= report(&what, dtype, err, fused_tolerance(dtype));
         }
         for inter in [10240, 21504] {
             let err = gelu_mul::self_test(device, dtype, inter)?;
             let what = format!("gelu(gate) * up intermediate {inter}");
-            ok &= report(
-                &what,
-                dtype,
-                err,
-                medgemma_model::ops::fused_tolerance(dtype),
-            );
+            ok &= report(&what, dtype, err, fused_tolerance(dtype));
         }
     }
     Ok(ok)

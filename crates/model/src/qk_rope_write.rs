@@ -107,11 +107,6 @@ pub fn self_test(
         .max(err(&read(&v_pool)?, &v)?))
 }
 
-/// The tolerance of `self_test` in `dtype`.
-pub fn tolerance(dtype: DType) -> f64 {
-    crate::ops::fused_tolerance(dtype)
-}
-
 /// Whether the decoder of `cfg` may use the kernel on `device` in `dtype`: a CUDA
 /// device, and `self_test` passing there on the model's shapes.
 pub fn usable(cfg: &TextConfig, dtype: DType, device: &Device) -> bool {
@@ -124,7 +119,7 @@ pub fn usable(cfg: &TextConfig, dtype: DType, device: &Device) -> bool {
         && crate::ops::self_test_passes(
             "q/k norm + RoPE + KV write",
             self_test(device, dtype, heads, kv_heads, d),
-            tolerance(dtype),
+            crate::ops::fused_tolerance(dtype),
         )
 }
 
