@@ -5,20 +5,25 @@
 #      head) from the CPU's input to it against the CPU's output; each CUDA kernel
 #      against its reference;
 #   2. `bench`: synthetic MedGemma 4B (real shapes, random weights) in bf16 at
-#      concurrency 1, 8 and 64, plus the time to first token of a one-image request.
+#      concurrency 1, 8 and 64, plus the time to first token of a one-image request
+#      (decode steps replayed from CUDA graphs, as the server runs);
+#   3. the same at concurrency 1 and 64 with `--enforce-eager`, for the graphs' gain.
 # Usage: [OUT_DIR=dir] bash scripts/gpu-check.sh [path/to/medgemma-server]
 #   (default binary: target-gpu/release/medgemma-server under the project).
-# Writes check.txt, bench-4b.txt and bench-4b.json to $OUT_DIR (default ./gpu-check-out).
-# Each command runs under `timeout` (CHECK_TIMEOUT, BENCH_TIMEOUT seconds), so the
-# whole script ends within about 8 minutes. Exit status: the check's when it failed
+# Writes check.txt, bench-4b.{txt,json} and bench-4b-eager.{txt,json} to $OUT_DIR
+# (default ./gpu-check-out).
+# Each command runs under `timeout` (CHECK_TIMEOUT, BENCH_TIMEOUT, EAGER_TIMEOUT
+# seconds), so the whole script ends within about 9 minutes. Exit status: the check's when it failed
 # (124: timed out), else the benchmark's.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${1:-$ROOT/target-gpu/release/medgemma-server}"
 OUT_DIR="${OUT_DIR:-./gpu-check-out}"
 CHECK_TIMEOUT="${CHECK_TIMEOUT:-120}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-360}"
-export MEDGEMMA_LOG="${MEDGEMMA_LOG:-info}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-300}"
+EAGER_TIMEOUT="${EAGER_TIMEOUT:-120}"
+# Fused kernels' self-tests and decode graph captures say what is in use.
+export MEDGEMMA_LOG="${MEDGEMMA_LOG:-info,medgemma_model::decode_graph=debug}"
 RUN="$ROOT/scripts/run-on-device.sh"
 mkdir -p "$OUT_DIR"
 
@@ -28,12 +33,15 @@ timeout --kill-after=10 "$CHECK_TIMEOUT" bash "$RUN" "$BIN" \
 check_rc=${PIPESTATUS[0]}
 
 echo "== bench (at most ${BENCH_TIMEOUT}s)"
-# The fused kernels' load-time self-tests say whether they are in use.
-MEDGEMMA_LOG="${MEDGEMMA_LOG:-warn,medgemma_model::ops=info}" \
 timeout --kill-after=10 "$BENCH_TIMEOUT" bash "$RUN" "$BIN" \
   bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,8,64 \
   --images 1 --json "$OUT_DIR/bench-4b.json" 2>&1 | tee "$OUT_DIR/bench-4b.txt"
 bench_rc=${PIPESTATUS[0]}
+
+echo "== bench, eager (at most ${EAGER_TIMEOUT}s)"
+timeout --kill-after=10 "$EAGER_TIMEOUT" bash "$RUN" "$BIN" \
+  bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,64 \
+  --enforce-eager --json "$OUT_DIR/bench-4b-eager.json" 2>&1 | tee "$OUT_DIR/bench-4b-eager.txt"
 
 echo "== check exit $check_rc, bench exit $bench_rc; results in $OUT_DIR"
 if [ "$check_rc" -ne 0 ]; then

@@ -110,7 +110,9 @@ fn start_engine(
         max_model_len: Some(needed_len),
         max_num_batched_tokens: args.max_num_batched_tokens,
     };
-    let executor = CandleExecutor::new(model, &kv).context("allocating the KV cache")?;
+    let executor = CandleExecutor::new(model, &kv)
+        .context("allocating the KV cache")?
+        .with_decode_replay(crate::load::decode_replay(args.enforce_eager));
     let layout = executor.kv_layout();
     tracing::info!(build_s, blocks = layout.num_blocks, "synthetic model ready");
     let handle = SchedulerHandle::spawn(
@@ -308,6 +310,7 @@ fn document(
             "max_num_batched_tokens": args.max_num_batched_tokens,
             "kv_cache_bytes": args.kv_cache_bytes,
             "gpu_memory_utilization": args.gpu_memory_utilization,
+            "enforce_eager": args.enforce_eager,
             "seed": args.seed,
         },
         "engine": engine,

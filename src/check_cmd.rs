@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use medgemma_core::{SamplingParams, TokenLogprobs};
-use medgemma_model::{CandleExecutor, DType, Device, Gemma3, KvBudget, KvCacheConfig};
+use medgemma_model::{
+    CandleExecutor, DType, DecodeReplay, Device, Gemma3, KvBudget, KvCacheConfig,
+};
 
 use crate::cli::CheckArgs;
 use goldens::{GoldenPrompt, Goldens};
@@ -117,7 +119,8 @@ fn executor(dir: &Path, dtype: DType, device: &Device) -> Result<CandleExecutor>
         max_num_seqs: 1,
         ..KvCacheConfig::default()
     };
-    Ok(CandleExecutor::new(model, &kv)?)
+    // Decode steps replay from CUDA graphs on a GPU, as the server runs them.
+    Ok(CandleExecutor::new(model, &kv)?.with_decode_replay(DecodeReplay::CudaGraphs))
 }
 
 fn check_fixture(
@@ -152,7 +155,25 @@ fn check_fixture(
             summary.failures += 1;
         }
     }
+    if device.is_cuda() {
+        for (dtype, run) in [("f32", &runs.dev_f32), (low.as_str(), &runs.dev_low)] {
+            println!("{name}: {}", graphs_note(dtype, run));
+        }
+    }
     Ok(())
+}
+
+/// How a device run's decode steps ran.
+fn graphs_note(dtype: &str, run: &CandleExecutor) -> String {
+    let shapes = run.captured_decode_steps();
+    if run.decode_graphs_active() {
+        format!("{dtype} decode steps replayed from {shapes} captured CUDA graph shapes")
+    } else {
+        format!(
+            "{dtype} decode graphs OFF: a capture failed or disagreed with the eager step \
+             (the warning above says which); every step ran eagerly after it"
+        )
+    }
 }
 
 /// Checks one prompt and prints its line; `Ok(false)` when a check fails.

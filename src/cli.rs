@@ -129,6 +129,10 @@ pub struct ServeArgs {
     /// Tokens per KV cache block.
     #[arg(long, env = "MEDGEMMA_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
+    /// Run every step eagerly: no CUDA graphs (on a GPU, decode steps are captured
+    /// once per batch shape and replayed).
+    #[arg(long, env = "MEDGEMMA_ENFORCE_EAGER")]
+    pub enforce_eager: bool,
     /// Default seed for requests that give none.
     #[arg(long, env = "MEDGEMMA_SEED")]
     pub seed: Option<u64>,
@@ -206,6 +210,9 @@ pub struct BenchArgs {
     /// Tokens per KV cache block.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
+    /// Run every step eagerly: no CUDA graphs.
+    #[arg(long)]
+    pub enforce_eager: bool,
     /// Seed of the random prompts and pixels.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

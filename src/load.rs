@@ -1,7 +1,9 @@
 //! Loads a checkpoint (folder or hub id) into the model and the text processor.
 
 use anyhow::{bail, Context, Result};
-use medgemma_model::{CandleExecutor, DType, Device, Gemma3, KvBudget, KvCacheConfig};
+use medgemma_model::{
+    CandleExecutor, DType, DecodeReplay, Device, Gemma3, KvBudget, KvCacheConfig,
+};
 use medgemma_preprocess::TextProcessor;
 
 use medgemma_http::SamplingDefaults;
@@ -40,6 +42,15 @@ pub fn dtype(name: &str, device: &Device) -> Result<DType> {
         }
     }
     Ok(dtype)
+}
+
+/// How decode steps run: replayed from CUDA graphs (on a GPU) unless `--enforce-eager`.
+pub fn decode_replay(enforce_eager: bool) -> DecodeReplay {
+    if enforce_eager {
+        DecodeReplay::Off
+    } else {
+        DecodeReplay::CudaGraphs
+    }
 }
 
 /// Default KV cache on CPU, where no share of device memory applies.

@@ -156,7 +156,9 @@ fn spawn_loader(args: ServeArgs, state: Arc<AppState>) -> tokio::task::JoinHandl
             Some(_) => Some(checkpoint_images(&loaded.dir, &text, &args)?),
             None => None,
         };
-        let executor = loaded.executor;
+        let executor = loaded
+            .executor
+            .with_decode_replay(crate::load::decode_replay(args.enforce_eager));
         let scheduler = SchedulerHandle::spawn(config, move || executor);
         let engine = Engine {
             scheduler,

@@ -11,9 +11,10 @@ use medgemma_core::{
 };
 
 use crate::batch::ForwardBatch;
+use crate::decode_graph::{DecodeGraphs, DecodeReplay};
 use crate::error::ModelError;
 use crate::image_plan::{self, StepImages};
-use crate::kv::{KvPool, StepKv};
+use crate::kv::KvPool;
 use crate::kv_budget::{plan_for_device, KvCacheConfig};
 use crate::model::Gemma3;
 use crate::sampling::Sampler;
@@ -30,6 +31,8 @@ pub struct CandleExecutor {
     pool: KvPool,
     layout: KvLayout,
     seqs: HashMap<SeqId, SeqState>,
+    max_num_seqs: usize,
+    graphs: DecodeGraphs,
 }
 
 impl CandleExecutor {
@@ -52,12 +55,32 @@ impl CandleExecutor {
             max_model_len = layout.max_seq_len,
             "KV cache allocated"
         );
+        let graphs = DecodeGraphs::new(DecodeReplay::Off, model.text.device(), kv.max_num_seqs);
         Ok(Self {
             model,
             pool,
             layout,
             seqs: HashMap::new(),
+            max_num_seqs: kv.max_num_seqs,
+            graphs,
         })
+    }
+
+    /// How decode steps run (eager unless asked; `CudaGraphs` only acts on CUDA).
+    pub fn with_decode_replay(mut self, mode: DecodeReplay) -> Self {
+        self.graphs = DecodeGraphs::new(mode, self.model.text.device(), self.max_num_seqs);
+        self
+    }
+
+    /// Decode steps captured for replay so far.
+    pub fn captured_decode_steps(&self) -> usize {
+        self.graphs.captured()
+    }
+
+    /// Whether decode steps may still be replayed (asked for, on a device that
+    /// can, and no capture failed).
+    pub fn decode_graphs_active(&self) -> bool {
+        self.graphs.active()
     }
 
     pub fn model(&self) -> &Gemma3 {
@@ -129,23 +152,36 @@ impl CandleExecutor {
     }
 
     /// The decoder forward, with the step's images encoded in one batched vision
-    /// forward and merged into the embeddings first.
+    /// forward and merged into the embeddings first; a decode step the graphs
+    /// serve is replayed instead.
     fn forward(
-        &self,
+        &mut self,
         forward: &ForwardBatch,
         images: &StepImages,
         pixels: Option<&Tensor>,
-        step: &StepKv,
     ) -> Result<Tensor, ExecutorError> {
         let text = &self.model.text;
         let step_err = |e: candle_core::Error| ExecutorError::Step(e.to_string());
+        if pixels.is_none() {
+            if let Some(logits) = self
+                .graphs
+                .run(text, &self.pool, forward)
+                .map_err(step_err)?
+            {
+                return Ok(logits);
+            }
+        }
+        let step = self
+            .pool
+            .plan(forward, text.device())
+            .map_err(|e| ExecutorError::InvalidBatch(e.to_string()))?;
         let mut embeds = text.embed(&forward.token_ids).map_err(step_err)?;
         if let (Some(vision), Some(pixels)) = (&self.model.vision, pixels) {
             let features = vision.encode(pixels).map_err(step_err)?;
             embeds = crate::multimodal::merge_image_features(&embeds, &features, &images.starts)
                 .map_err(step_err)?;
         }
-        text.forward_planned(&embeds, forward, &self.pool, step)
+        text.forward_planned(&embeds, forward, &self.pool, &step)
             .map_err(step_err)
     }
 
@@ -235,11 +271,7 @@ impl Executor for CandleExecutor {
         for (span, groups) in forward.spans.iter_mut().zip(&images.groups) {
             span.image_groups.clone_from(groups);
         }
-        let step = self
-            .pool
-            .plan(&forward, self.model.text.device())
-            .map_err(|e| ExecutorError::InvalidBatch(e.to_string()))?;
-        let logits = self.forward(&forward, &images, pixels.as_ref(), &step)?;
+        let logits = self.forward(&forward, &images, pixels.as_ref())?;
         self.sample(batch, &logits)
     }
 

@@ -5,7 +5,7 @@
 //! number of full-attention layers; sliding layers fill groups of that size): a
 //! block id then means the same amount of memory in every group, and all groups
 //! draw from one pool. Storage is one tensor per *slot* (the i-th layer of every
-//! group), `[num_blocks * block_size, kv_heads * head_dim]`. Keys are stored after
+//! group), `[(num_blocks + 1) * block_size, kv_heads * head_dim]`. Keys are stored after
 //! RoPE. Writes are in place (`scatter_set`); reads gather a sequence's slots.
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -65,7 +65,9 @@ pub fn bytes_per_block(cfg: &TextConfig, block_size: usize, dtype: DType) -> usi
     2 * KvGroups::new(cfg).slots * block_size * row * dtype.size_in_bytes()
 }
 
-/// The pool, allocated once.
+/// The pool, allocated once, with one block more than the scheduler hands out:
+/// the padding block, which the dummy rows of a padded decode step (a captured
+/// CUDA graph's fixed batch) write to and attend over, and no sequence owns.
 #[derive(Debug)]
 pub struct KvPool {
     k: Vec<Tensor>,
@@ -76,6 +78,9 @@ pub struct KvPool {
     kv_heads: usize,
     head_dim: usize,
     bytes_per_block: usize,
+    /// Decode attention reads the pool through the paged kernel, which bounds
+    /// each sequence by its length: no padding mask needed.
+    paged_decode: bool,
 }
 
 impl KvPool {
@@ -88,7 +93,7 @@ impl KvPool {
     ) -> Result<Self> {
         let groups = KvGroups::new(cfg);
         let row = cfg.num_key_value_heads * cfg.head_dim;
-        let rows = num_blocks * block_size;
+        let rows = (num_blocks + 1) * block_size;
         let alloc = || Tensor::zeros((rows, row), dtype, device);
         let k = (0..groups.slots).map(|_| alloc()).collect::<Result<_>>()?;
         let v = (0..groups.slots).map(|_| alloc()).collect::<Result<_>>()?;
@@ -101,7 +106,18 @@ impl KvPool {
             kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
             bytes_per_block: bytes_per_block(cfg, block_size, dtype),
+            paged_decode: crate::paged_decode::serves(device, cfg.head_dim),
         })
+    }
+
+    /// Layer groups, each with its own block table per sequence.
+    pub fn num_groups(&self) -> usize {
+        self.groups.windows.len()
+    }
+
+    /// The block no sequence owns (see the type's doc).
+    pub fn padding_block(&self) -> usize {
+        self.num_blocks
     }
 
     pub fn layout(&self, max_seq_len: usize) -> KvLayout {
@@ -116,6 +132,18 @@ impl KvPool {
 
     /// The slot indices of one step, built on the host and sent to the device once.
     pub fn plan(&self, batch: &ForwardBatch, device: &Device) -> Result<StepKv> {
+        self.plan_padded(batch, device, None)
+    }
+
+    /// As `plan`; with `decode_width`, every decoding sequence's key table is
+    /// padded to that many keys (and its mask made, where decode attention needs
+    /// one), so that steps of the same batch size have tensors of the same shapes.
+    pub fn plan_padded(
+        &self,
+        batch: &ForwardBatch,
+        device: &Device,
+        decode_width: Option<usize>,
+    ) -> Result<StepKv> {
         let row = self.kv_heads * self.head_dim;
         let dtype = self.k[0].dtype();
         // Masks depend on the window only: built once per distinct window.
@@ -123,7 +151,7 @@ impl KvPool {
         let mut groups = Vec::with_capacity(self.groups.windows.len());
         for (g, &window) in self.groups.windows.iter().enumerate() {
             let known = masks.iter().find(|(w, _)| *w == window).map(|(_, m)| m);
-            let step = self.plan_group(g, batch, row, device, dtype, known)?;
+            let step = self.plan_group(g, batch, (row, decode_width), device, dtype, known)?;
             if known.is_none() {
                 masks.push((window, step.reads.iter().map(|r| r.mask.clone()).collect()));
             }
@@ -152,7 +180,7 @@ impl KvPool {
         &self,
         g: usize,
         batch: &ForwardBatch,
-        row: usize,
+        (row, decode_width): (usize, Option<usize>),
         device: &Device,
         dtype: DType,
         masks: Option<&Vec<Option<Tensor>>>,
@@ -203,7 +231,16 @@ impl KvPool {
             write,
             read: Tensor::from_vec(read_slots, n, device)?,
             reads,
-            decode: DecodeGather::new(decode, device, dtype)?,
+            decode: DecodeGather::new(
+                decode,
+                DecodeShape {
+                    // A sliding group's sequences never hold more keys than its window.
+                    width: decode_width.map(|w| window.map_or(w, |win| w.min(win))),
+                    masked: !self.paged_decode,
+                },
+                device,
+                dtype,
+            )?,
         })
     }
 
@@ -217,7 +254,7 @@ impl KvPool {
     ) -> Result<Vec<u32>> {
         let span = &batch.spans[i];
         let table = span.block_tables.get(g);
-        let limit = self.num_blocks * self.block_size;
+        let limit = (self.num_blocks + 1) * self.block_size;
         range
             .map(
                 |pos| match table.and_then(|t| t.slot(pos, self.block_size)) {
@@ -332,7 +369,16 @@ pub struct PagedView<'a> {
     pub lens: Tensor,
 }
 
-/// The decoding sequences' key slots, padded to the longest.
+/// How the decoding sequences' key tables are laid out.
+#[derive(Debug, Clone, Copy)]
+struct DecodeShape {
+    /// Keys per row; `None`: the longest sequence's.
+    width: Option<usize>,
+    /// Build the padding mask (attention that does not bound rows by their lengths).
+    masked: bool,
+}
+
+/// The decoding sequences' key slots, padded to the longest (or a fixed width).
 #[derive(Debug)]
 struct DecodeGather {
     seqs: usize,
@@ -345,10 +391,19 @@ struct DecodeGather {
 }
 
 impl DecodeGather {
-    fn new(rows: Vec<(usize, Vec<u32>)>, device: &Device, dtype: DType) -> Result<Option<Self>> {
-        let Some(keys) = rows.iter().map(|(_, s)| s.len()).max() else {
+    fn new(
+        rows: Vec<(usize, Vec<u32>)>,
+        shape: DecodeShape,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Option<Self>> {
+        let Some(longest) = rows.iter().map(|(_, s)| s.len()).max() else {
             return Ok(None);
         };
+        let keys = shape.width.unwrap_or(longest);
+        if keys < longest {
+            candle_core::bail!("a decode table of {keys} keys cannot hold {longest}")
+        }
         let seqs = rows.len();
         let mut idx = Vec::with_capacity(seqs * keys);
         let mut mask = Vec::with_capacity(seqs * keys);
@@ -361,7 +416,7 @@ impl DecodeGather {
             mask.extend(std::iter::repeat_n(f32::NEG_INFINITY, keys - slots.len()));
         }
         let padded = rows.iter().any(|(_, s)| s.len() != keys);
-        let mask = if padded {
+        let mask = if shape.masked && (padded || shape.width.is_some()) {
             Some(Tensor::from_vec(mask, (seqs, 1, 1, keys), device)?.to_dtype(dtype)?)
         } else {
             None
@@ -396,6 +451,20 @@ impl StepKv {
 
     pub fn all_decode(&self) -> bool {
         self.all_decode
+    }
+
+    /// Every tensor of the step, in a fixed order.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut out: Vec<&Tensor> = self.decode_rows.iter().collect();
+        for g in &self.groups {
+            out.extend([&g.slots, &g.write, &g.read]);
+            out.extend(g.reads.iter().filter_map(|r| r.mask.as_ref()));
+            if let Some(d) = &g.decode {
+                out.extend([&d.idx, &d.lens]);
+                out.extend(d.mask.as_ref());
+            }
+        }
+        out
     }
 }
 

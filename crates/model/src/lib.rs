@@ -8,6 +8,7 @@ pub mod add_norm;
 pub mod attention;
 pub mod batch;
 pub mod config;
+pub mod decode_graph;
 pub mod device;
 pub mod error;
 pub mod executor;
@@ -38,6 +39,7 @@ pub mod weights;
 
 pub use batch::{ForwardBatch, SeqSpan};
 pub use config::{Architecture, LayerType, ModelConfig, TextConfig};
+pub use decode_graph::DecodeReplay;
 pub use device::{auto_dtype, device_memory, device_name, parse_device};
 pub use error::ModelError;
 pub use executor::CandleExecutor;

@@ -8,7 +8,12 @@ use candle_core::{Result, Tensor};
 
 /// Whether the kernel serves these shapes on this device.
 pub fn supported(q: &Tensor, head_dim: usize) -> bool {
-    cfg!(feature = "cuda") && q.device().is_cuda() && head_dim.is_multiple_of(32) && head_dim <= 256
+    serves(q.device(), head_dim)
+}
+
+/// Whether the kernel serves heads of `head_dim` on `device`.
+pub fn serves(device: &candle_core::Device, head_dim: usize) -> bool {
+    cfg!(feature = "cuda") && device.is_cuda() && head_dim.is_multiple_of(32) && head_dim <= 256
 }
 
 /// `q` `[seqs, heads, head_dim]`, pools `[slots, kv_heads * head_dim]`, `slots`

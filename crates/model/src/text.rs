@@ -68,16 +68,32 @@ impl DecoderLayer {
 }
 
 /// One step's RoPE tables: full-attention and sliding layers rotate differently.
-struct StepRope {
+#[derive(Debug)]
+pub struct StepRope {
     full: RopeTables,
     sliding: RopeTables,
+}
+
+impl StepRope {
+    /// The four tables (cos and sin of both layer types), for copying a step's
+    /// inputs into a captured step's.
+    pub fn tensors(&self) -> [&Tensor; 4] {
+        [
+            &self.full.cos,
+            &self.full.sin,
+            &self.sliding.cos,
+            &self.sliding.sin,
+        ]
+    }
 }
 
 /// The decoder with its embedding table, which doubles as the LM head.
 #[derive(Debug, Clone)]
 pub struct TextModel {
     embed_tokens: Embedding,
-    embed_scale: f64,
+    /// sqrt(hidden) as an f32 buffer cast to the weight dtype, as transformers
+    /// multiplies it: `[1]`, made once so a step uploads nothing for it.
+    embed_scale: Tensor,
     layers: Vec<DecoderLayer>,
     norm: GemmaRmsNorm,
     lm_head: Tensor,
@@ -110,10 +126,11 @@ impl TextModel {
             }
             _ => embed_tokens.embeddings().clone(),
         };
+        let embed_scale =
+            Tensor::new(&[(cfg.hidden_size as f32).sqrt()], vb.device())?.to_dtype(vb.dtype())?;
         Ok(Self {
             embed_tokens,
-            // sqrt(hidden) is an f32 buffer cast to the weight dtype before multiplying.
-            embed_scale: (cfg.hidden_size as f32).sqrt() as f64,
+            embed_scale,
             layers,
             norm: GemmaRmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?,
             lm_head,
@@ -139,10 +156,14 @@ impl TextModel {
 
     /// Scaled token embeddings `[tokens, hidden]`.
     pub fn embed(&self, token_ids: &[u32]) -> Result<Tensor> {
-        let ids = Tensor::new(token_ids, &self.device)?;
-        let e = self.embed_tokens.forward(&ids)?;
-        let scale = Tensor::new(&[self.embed_scale as f32], &self.device)?.to_dtype(self.dtype)?;
-        e.broadcast_mul(&scale)
+        self.embed_ids(&Tensor::new(token_ids, &self.device)?)
+    }
+
+    /// As `embed`, from ids already on the device (`[tokens]` u32).
+    pub fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens
+            .forward(ids)?
+            .broadcast_mul(&self.embed_scale)
     }
 
     /// Runs the batch and returns f32 logits `[sequences wanting logits, vocab]`.
@@ -171,10 +192,23 @@ impl TextModel {
         step: &StepKv,
     ) -> Result<Tensor> {
         let rope = self.step_rope(batch)?;
+        self.forward_step(embeds, batch, (kv, step), &rope)
+    }
+
+    /// As `forward_planned`, with the step's RoPE tables made too: every per-step
+    /// input is then already on the device and nothing crosses from the host
+    /// (what a captured CUDA graph replays).
+    pub fn forward_step(
+        &self,
+        embeds: &Tensor,
+        batch: &ForwardBatch,
+        kv: (&KvPool, &StepKv),
+        rope: &StepRope,
+    ) -> Result<Tensor> {
         let mut h = embeds.clone();
         let mut normed = self.first_norm(&h)?;
         for i in 0..self.layers.len() {
-            (h, normed) = self.layer(i, (&h, &normed), &rope, batch, (kv, step))?;
+            (h, normed) = self.layer(i, (&h, &normed), rope, batch, kv)?;
         }
         self.logits(&normed, batch)
     }
@@ -229,7 +263,7 @@ impl TextModel {
     }
 
     /// The RoPE tables of the step's positions, for both layer types.
-    fn step_rope(&self, batch: &ForwardBatch) -> Result<StepRope> {
+    pub fn step_rope(&self, batch: &ForwardBatch) -> Result<StepRope> {
         let positions = batch.positions();
         Ok(StepRope {
             full: self
@@ -252,8 +286,13 @@ impl TextModel {
         if rows.is_empty() {
             return Tensor::zeros((0, self.cfg.vocab_size), DType::F32, &self.device);
         }
-        let idx = Tensor::new(rows.as_slice(), &self.device)?;
-        let last = normed.index_select(&idx, 0)?;
+        // Every row wanted (decode steps): no index to upload.
+        let every_row = rows.len() == normed.dim(0)?;
+        let last = if every_row {
+            normed.clone()
+        } else {
+            normed.index_select(&Tensor::new(rows.as_slice(), &self.device)?, 0)?
+        };
         let mut logits = crate::linear::matmul_wt(&last, &self.lm_head)?;
         if let Some(cap) = self.cfg.final_logit_softcapping {
             logits = ((logits / cap)?.tanh()? * cap)?;

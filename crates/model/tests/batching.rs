@@ -1,7 +1,8 @@
 //! Continuous batching on the real engine: 32 concurrent greedy requests of mixed
 //! lengths (with and without images) through the scheduler, on a KV pool small
 //! enough to preempt and a token budget small enough to chunk, give exactly the
-//! ids each request gives alone.
+//! ids each request gives alone; also with decode steps replayed at fixed,
+//! padded shapes (`DecodeReplay::Rerun`, the CUDA graph path without the capture).
 
 mod common;
 mod image_common;
@@ -13,7 +14,8 @@ use medgemma_core::{
     TokenEvent,
 };
 use medgemma_model::{
-    generate_with_images, CandleExecutor, DType, Device, Gemma3, KvBudget, KvCacheConfig,
+    generate_with_images, CandleExecutor, DType, DecodeReplay, Device, Gemma3, KvBudget,
+    KvCacheConfig,
 };
 use medgemma_scheduler::{SchedulerConfig, SchedulerHandle, SchedulerStats};
 
@@ -66,7 +68,12 @@ fn greedy(eos: &[u32]) -> SamplingParams {
     }
 }
 
-fn run_batched(ckpt: &str, cases: &[Case], sampling: &SamplingParams) -> (Vec<Vec<u32>>, u64) {
+fn run_batched(
+    ckpt: &str,
+    cases: &[Case],
+    sampling: &SamplingParams,
+    replay: DecodeReplay,
+) -> (Vec<Vec<u32>>, u64) {
     // 4-token blocks, just enough for the longest sequence alone (far less than 32
     // sequences need), and steps of at most 256 tokens.
     let longest = cases
@@ -87,7 +94,7 @@ fn run_batched(ckpt: &str, cases: &[Case], sampling: &SamplingParams) -> (Vec<Ve
         budget: KvBudget::Bytes((layout.bytes_per_block * blocks) as u64),
         ..kv
     };
-    let exec = executor(ckpt, &kv);
+    let exec = executor(ckpt, &kv).with_decode_replay(replay);
     let h = SchedulerHandle::spawn(
         SchedulerConfig {
             max_num_seqs: 32,
@@ -141,7 +148,7 @@ fn run_batched(ckpt: &str, cases: &[Case], sampling: &SamplingParams) -> (Vec<Ve
     (outs, preemptions)
 }
 
-fn check(ckpt: &str, with_images: bool) {
+fn check(ckpt: &str, with_images: bool, replay: DecodeReplay) {
     let g = common::goldens(ckpt);
     let sampling = greedy(&g.eos_suppressed);
     let cases = cases(ckpt, with_images);
@@ -163,12 +170,12 @@ fn check(ckpt: &str, with_images: bool) {
             .tokens
         })
         .collect();
-    let (got, preemptions) = run_batched(ckpt, &cases, &sampling);
+    let (got, preemptions) = run_batched(ckpt, &cases, &sampling, replay);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(
             g,
             w,
-            "{ckpt} request {i} (images: {})",
+            "{ckpt} request {i} (images: {}, {replay:?})",
             cases[i].images.len()
         );
     }
@@ -180,10 +187,15 @@ fn check(ckpt: &str, with_images: bool) {
 
 #[test]
 fn batched_equals_alone_with_images() {
-    check("tiny-gemma3", true);
+    check("tiny-gemma3", true, DecodeReplay::Off);
 }
 
 #[test]
 fn batched_equals_alone_text_only() {
-    check("tiny-gemma3-text", false);
+    check("tiny-gemma3-text", false, DecodeReplay::Off);
+}
+
+#[test]
+fn batched_equals_alone_with_decode_steps_replayed() {
+    check("tiny-gemma3", true, DecodeReplay::Rerun);
 }

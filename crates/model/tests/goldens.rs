@@ -1,4 +1,7 @@
-//! The decoder against transformers' outputs on the tiny checkpoints (f32, eager).
+//! The decoder against transformers' outputs on the tiny checkpoints (f32, eager
+//! attention in transformers). Decoding runs both eagerly and through the decode
+//! graphs' padded, fixed-shape replay (`DecodeReplay::Rerun`, the CUDA graph path
+//! without the capture).
 
 mod common;
 
@@ -6,17 +9,27 @@ use common::{fixture, goldens, CHECKPOINTS};
 use medgemma_core::{
     DirectBlocks, Executor, FinishReason, SamplingParams, ScheduledSeq, StepBatch,
 };
-use medgemma_model::{generate, CandleExecutor, DType, Device, Gemma3, KvCacheConfig};
+use medgemma_model::decode_graph::keys_for;
+use medgemma_model::{
+    generate, CandleExecutor, DType, DecodeReplay, Device, Gemma3, KvCacheConfig,
+};
 
 const LOGPROB_TOL: f32 = 1e-4;
 
 fn executor(checkpoint: &str, dtype: DType) -> CandleExecutor {
+    replaying(checkpoint, dtype, DecodeReplay::Off)
+}
+
+fn replaying(checkpoint: &str, dtype: DType, replay: DecodeReplay) -> CandleExecutor {
     CandleExecutor::new(
         Gemma3::load(&fixture(checkpoint), dtype, &Device::Cpu).unwrap(),
         &KvCacheConfig::default(),
     )
     .unwrap()
+    .with_decode_replay(replay)
 }
+
+const MODES: [DecodeReplay; 2] = [DecodeReplay::Off, DecodeReplay::Rerun];
 
 fn greedy_no_eos(eos: &[u32]) -> SamplingParams {
     SamplingParams {
@@ -28,9 +41,9 @@ fn greedy_no_eos(eos: &[u32]) -> SamplingParams {
 
 #[test]
 fn greedy_ids_and_top5_logprobs_equal_transformers() {
-    for ckpt in CHECKPOINTS {
+    for (ckpt, mode) in CHECKPOINTS.iter().flat_map(|c| MODES.map(|m| (c, m))) {
         let g = goldens(ckpt);
-        let mut exec = executor(ckpt, DType::F32);
+        let mut exec = replaying(ckpt, DType::F32, mode);
         for p in &g.prompts {
             let n = p.greedy_ids.len();
             let out = generate(
@@ -54,11 +67,24 @@ fn greedy_ids_and_top5_logprobs_equal_transformers() {
                             .any(|&(i, x)| i == id && (x - v).abs() < LOGPROB_TOL);
                     assert!(
                         close && (id == wid || tie),
-                        "{ckpt}/{} step {step}: {top:?} vs {want:?}",
+                        "{ckpt}/{} {mode:?} step {step}: {top:?} vs {want:?}",
                         p.name
                     );
                 }
             }
+        }
+        if mode == DecodeReplay::Rerun {
+            // One sequence at a time: one captured shape per key-table width its
+            // decode steps reached, reused by all the steps of that width.
+            let widths: std::collections::BTreeSet<usize> = g
+                .prompts
+                .iter()
+                .flat_map(|p| {
+                    let first = p.input_ids.len();
+                    (first..first + p.greedy_ids.len() - 1).map(|pos| keys_for(pos + 1))
+                })
+                .collect();
+            assert_eq!(exec.captured_decode_steps(), widths.len(), "{ckpt}");
         }
     }
 }
@@ -130,9 +156,9 @@ fn bf16_compute_agrees_on_the_first_token() {
 /// with a late joiner prefilling while the others decode.
 #[test]
 fn batched_forward_equals_single_sequences() {
-    for ckpt in CHECKPOINTS {
+    for (ckpt, mode) in CHECKPOINTS.iter().flat_map(|c| MODES.map(|m| (c, m))) {
         let g = goldens(ckpt);
-        let mut exec = executor(ckpt, DType::F32);
+        let mut exec = replaying(ckpt, DType::F32, mode);
         let steps = 12;
         let params = greedy_no_eos(&g.eos_suppressed);
         let mut pos: Vec<usize> = vec![0; g.prompts.len()];
@@ -169,7 +195,15 @@ fn batched_forward_equals_single_sequences() {
             }
         }
         for (p, ids) in g.prompts.iter().zip(&got) {
-            assert_eq!(ids[..], p.greedy_ids[..steps], "{ckpt}/{} batched", p.name);
+            assert_eq!(
+                ids[..],
+                p.greedy_ids[..steps],
+                "{ckpt}/{} batched, {mode:?}",
+                p.name
+            );
+        }
+        if mode == DecodeReplay::Rerun {
+            assert!(exec.captured_decode_steps() > 0, "{ckpt}: steps replayed");
         }
     }
 }
