@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use medgemma_core::{Executor, Prompt};
-use medgemma_model::{CandleExecutor, DType, Device, KvCacheConfig, ModelConfig};
+use medgemma_model::{CandleExecutor, DType, Device, Gemma3, KvCacheConfig, ModelConfig, Tensor};
 use medgemma_scheduler::{SchedulerConfig, SchedulerHandle};
 use serde_json::{json, Value};
 
@@ -43,7 +43,7 @@ struct Setup {
 pub fn run(args: BenchArgs) -> Result<()> {
     let setup = setup(&args)?;
     let needed_len = check_args(&args, &setup.config)?;
-    let (handle, engine) = start_engine(&setup, &args, needed_len)?;
+    let (handle, engine, vision_ms) = start_engine(&setup, &args, needed_len)?;
 
     let pool = TokenPool::new(&setup.config)?;
     let mut rng = Rng::new(args.seed);
@@ -54,7 +54,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let image = image_ttft(&handle, &setup.config, &pool, &mut rng, args.images);
     handle.shutdown();
-    let image = image?;
+    let image = image?.map(|i| ImageTtft { vision_ms, ..i });
 
     let title = format!(
         "{} (synthetic) on {} [{}], {}; {} prompt + {} output tokens per request",
@@ -83,12 +83,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// Builds the model on the device, allocates the KV cache and starts the engine
-/// thread; returns its handle and what the build took, for the JSON.
+/// thread; returns its handle, what the build took (for the JSON) and the vision
+/// tower's time alone for `--images` images.
 fn start_engine(
     setup: &Setup,
     args: &BenchArgs,
     needed_len: usize,
-) -> Result<(SchedulerHandle, Value)> {
+) -> Result<(SchedulerHandle, Value, Option<f64>)> {
     let max_c = args.concurrency.iter().copied().max().unwrap_or(1);
     let before = mem::used_now(&setup.device);
     let t = Instant::now();
@@ -99,6 +100,7 @@ fn start_engine(
     let weights_bytes = mem::used_now(&setup.device)
         .zip(before)
         .map(|(after, before)| after.saturating_sub(before));
+    let vision_ms = time_vision(&model, args.images, &setup.device)?;
     let kv = KvCacheConfig {
         block_size: args.block_size,
         budget: crate::load::kv_budget(
@@ -126,6 +128,7 @@ fn start_engine(
     );
     let engine = json!({
         "build_s": build_s,
+        "vision_encode_ms": vision_ms,
         "weights_bytes": weights_bytes,
         "kv_cache": {
             "num_blocks": layout.num_blocks,
@@ -134,7 +137,7 @@ fn start_engine(
             "max_model_len": layout.max_seq_len,
         },
     });
-    Ok((handle, engine))
+    Ok((handle, engine, vision_ms))
 }
 
 fn setup(args: &BenchArgs) -> Result<Setup> {
@@ -276,7 +279,31 @@ fn image_ttft(
         with_images_ms: median(with),
         text_only_ms: median(without),
         repetitions: IMAGE_REPEATS,
+        vision_ms: None,
     }))
+}
+
+/// Milliseconds the vision tower and projector take on `images` random images
+/// alone (median of `IMAGE_REPEATS` after a warm-up, synchronized): the image
+/// TTFT's share that is the vision forward; `None` without a tower or images.
+fn time_vision(model: &Gemma3, images: usize, device: &Device) -> Result<Option<f64>> {
+    let Some(vision) = model.vision.as_ref().filter(|_| images > 0) else {
+        return Ok(None);
+    };
+    let v = &vision.config.vision;
+    let shape = (images, v.num_channels, v.image_size, v.image_size);
+    let pixels = Tensor::rand(-1f32, 1f32, shape, device)?;
+    let once = || -> Result<f64> {
+        let t = Instant::now();
+        vision.encode(&pixels)?;
+        device.synchronize()?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    };
+    once()?;
+    let times = (0..IMAGE_REPEATS)
+        .map(|_| once())
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(median(times)))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

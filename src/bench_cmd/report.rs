@@ -17,6 +17,8 @@ pub struct ImageTtft {
     pub with_images_ms: f64,
     pub text_only_ms: f64,
     pub repetitions: usize,
+    /// The vision tower and projector alone on as many images, milliseconds.
+    pub vision_ms: Option<f64>,
 }
 
 impl ImageTtft {
@@ -27,6 +29,7 @@ impl ImageTtft {
             "with_images_ms": self.with_images_ms,
             "text_only_ms": self.text_only_ms,
             "repetitions": self.repetitions,
+            "vision_alone_ms": self.vision_ms,
         })
     }
 }
@@ -108,6 +111,12 @@ pub fn print_table(
             "TTFT with {} image(s) + {} text tokens: {:.1} ms; the {} text tokens alone: {:.1} ms (median of {})",
             i.images, i.text_tokens, i.with_images_ms, i.text_tokens, i.text_only_ms, i.repetitions
         )?;
+        if let Some(v) = i.vision_ms {
+            writeln!(
+                out,
+                "  of which the vision tower and projector alone: {v:.1} ms"
+            )?;
+        }
     }
     Ok(())
 }
