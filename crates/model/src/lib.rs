@@ -8,6 +8,7 @@ pub mod add_norm;
 pub mod attention;
 pub mod batch;
 pub mod config;
+pub mod cpu_gelu;
 pub mod cpu_matvec;
 pub mod decode_graph;
 pub mod device;

@@ -1,6 +1,7 @@
 //! The gated MLP: `down(gelu_tanh(gate(x)) * up(x))`, with the gate and up
 //! projections stacked into one matrix at load, so that a step runs one matmul
-//! for both, and on CUDA the gelu and product as one kernel (`gelu_mul`).
+//! for both, and the gelu and product in one pass: a CUDA kernel (`gelu_mul`), on
+//! the CPU `cpu_gelu`.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -38,6 +39,8 @@ impl Module for Mlp {
         let gate_up = self.gate_up.forward(x)?;
         let act = if self.fused {
             gelu_mul::gelu_mul(&gate_up, self.intermediate)?
+        } else if gate_up.device().is_cpu() {
+            crate::cpu_gelu::gelu_mul(&gate_up, self.intermediate)?
         } else {
             gelu_mul::reference(&gate_up, self.intermediate)?
         };
