@@ -10,6 +10,7 @@ pub mod batch;
 pub mod config;
 pub mod cpu_gelu;
 pub mod cpu_matvec;
+pub mod cpu_softmax;
 pub mod decode_graph;
 pub mod device;
 pub mod error;

@@ -4,13 +4,13 @@ use candle_core::{DType, Result, Tensor};
 
 /// Softmax over the last dimension computed in f32 and returned in `x`'s dtype,
 /// as transformers does (`softmax(x, dtype=float32).to(x.dtype)`). On CUDA the
-/// softmax kernel already accumulates half-precision input in f32 and rounds once,
-/// so the two casts (and their full-size copies) are skipped there.
+/// softmax kernel already accumulates half-precision input in f32 and rounds once;
+/// on the CPU `cpu_softmax` does the same with a vectorized exponential.
 pub fn softmax_in_f32(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cuda() || x.dtype() == DType::F32 {
-        return candle_nn::ops::softmax_last_dim(x);
+    if x.device().is_cpu() {
+        return crate::cpu_softmax::softmax_last_dim(x);
     }
-    candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
+    candle_nn::ops::softmax_last_dim(x)
 }
 
 /// max |a - b| / max |b|, in f32 on the CPU: how kernels are compared with their

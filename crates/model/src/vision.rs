@@ -60,6 +60,7 @@ impl Act {
 
     fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
+            Self::GeluTanh if x.device().is_cpu() => crate::cpu_gelu::gelu(x),
             Self::GeluTanh => x.gelu(),
             Self::GeluErf => x.gelu_erf(),
             Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
