@@ -123,13 +123,7 @@ impl DecodeGraphs {
             return Ok(None);
         };
         let n = batch.spans.len();
-        let inputs = prepare(text, pool, batch, key)?;
-        if let Some(step) = self.steps.get(&key) {
-            step.load(&inputs)?;
-            step.replay(text, pool)?;
-            return Ok(Some(step.logits.narrow(0, 0, n)?));
-        }
-        if self.steps.len() >= MAX_GRAPHS {
+        if !self.steps.contains_key(&key) && self.steps.len() >= MAX_GRAPHS {
             if !self.full_warned {
                 tracing::info!(
                     shapes = MAX_GRAPHS,
@@ -138,6 +132,12 @@ impl DecodeGraphs {
                 self.full_warned = true;
             }
             return Ok(None);
+        }
+        let inputs = prepare(text, pool, batch, key)?;
+        if let Some(step) = self.steps.get(&key) {
+            step.load(&inputs)?;
+            step.replay(text, pool)?;
+            return Ok(Some(step.logits.narrow(0, 0, n)?));
         }
         let (captured, eager) = self.capture(text, pool, inputs)?;
         if let Some(step) = captured {
