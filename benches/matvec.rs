@@ -12,8 +12,14 @@ use medgemma_model::cpu_matvec::matvec;
 fn bench(c: &mut Criterion) {
     let dev = Device::Cpu;
     let mut group = c.benchmark_group("x_wt");
-    for (rows, out) in [(1usize, 4096usize), (4, 4096), (1, 32000), (8, 32000)] {
-        let k = 1024;
+    for (rows, out, k) in [
+        (1usize, 4096usize, 1024usize),
+        (4, 4096, 1024),
+        (1, 32000, 1024),
+        (8, 32000, 1024),
+        (8, 1024, 4096),
+        (16, 32000, 1024),
+    ] {
         let x = Tensor::randn(0f32, 1.0, (rows, k), &dev).expect("x");
         let w = Tensor::randn(0f32, 1.0, (out, k), &dev).expect("w");
         group.throughput(Throughput::Bytes((out * k * 4) as u64));

@@ -1,15 +1,17 @@
-//! `x · wᵀ` on the CPU for up to four rows of `x` (decode steps of few
+//! `x · wᵀ` on the CPU for up to eight rows of `x` (decode steps of few
 //! sequences), f32: each weight row is read from memory once and dotted with
 //! every row of `x` while it is in the L1 cache, weight rows split across the
 //! threads. A decode step is bound by reading the weights, and candle's CPU
-//! matmul reads them at well under the memory bandwidth in one-row products
+//! matmul reads them at well under the memory bandwidth in few-row products
 //! (`cargo bench -p medgemma-model --bench matvec` measures both).
 //!
-//! The dot products use AVX2 and FMA where the CPU has them (checked at run
-//! time), else portable loops; both accumulate in f32 over eight-lane partial
-//! sums, so results differ from a sequential sum only by rounding order. From
-//! five rows on, the products become bound by loading `x` and candle's `(w · xᵀ)ᵀ`
-//! is as fast (see `linear`).
+//! One row streams four weight rows at a time; more rows take two weight rows
+//! at a time against up to eight rows of `x` (sixteen AVX-512 accumulators; four
+//! rows with AVX2). The dot products use AVX-512, or AVX2 and FMA, where the CPU
+//! has them (checked at run time), else portable loops; all accumulate in f32
+//! over 8- or 16-lane partial sums, so results differ from a sequential sum only
+//! by rounding order. Past eight rows the products become bound by loading `x`
+//! and candle's `(w · xᵀ)ᵀ` is faster (see `linear`).
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -19,7 +21,7 @@ use rayon::prelude::*;
 const ROWS_PER_TASK: usize = 32;
 
 /// Rows of `x` up to which `matvec` is the faster product.
-pub const MAX_ROWS: usize = 4;
+pub const MAX_ROWS: usize = 8;
 
 /// Whether `matvec` serves `x` `[rows, in]` times `w` `[out, in]` faster than
 /// candle's matmul: f32 on the CPU, at most `MAX_ROWS` rows.
@@ -78,10 +80,9 @@ fn products(x: &[f32], w: &[f32], rows: usize, k: usize) -> Vec<f32> {
         .zip(w.par_chunks(ROWS_PER_TASK * k))
         .for_each(|(out, wrows)| {
             if rows == 1 {
-                return weight_rows_products(&kernels, wrows, xs[0], out);
-            }
-            for (o, wr) in out.chunks_mut(rows).zip(wrows.chunks(k)) {
-                row_products(&kernels, wr, &xs, o);
+                weight_rows_products(&kernels, wrows, xs[0], out)
+            } else {
+                weight_pairs_products(&kernels, wrows, &xs, out)
             }
         });
     if rows == 1 {
@@ -112,41 +113,175 @@ fn weight_rows_products(k: &Kernels, w: &[f32], x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// One weight row against every row of `x`: four rows of `x` at a time, then one.
-fn row_products(k: &Kernels, w: &[f32], xs: &[&[f32]], out: &mut [f32]) {
-    let mut at = 0;
-    while xs.len() - at >= 4 {
-        let x: [&[f32]; 4] = std::array::from_fn(|i| xs[at + i]);
-        out[at..at + 4].copy_from_slice(&(k.four)(w, x));
-        at += 4;
+/// Every weight row of `w` against every row of `x` (`out`: `[weight rows,
+/// rows]`), two weight rows at a time against four rows of `x` at a time: each
+/// loaded weight vector serves four products and each loaded `x` vector two, and
+/// the pair is read from memory once and from the L1 cache for the other rows.
+fn weight_pairs_products(k: &Kernels, w: &[f32], xs: &[&[f32]], out: &mut [f32]) {
+    let (len, rows) = (xs[0].len(), xs.len());
+    let mut pairs = w.chunks_exact(2 * len);
+    let mut outs = out.chunks_exact_mut(2 * rows);
+    for (p, o) in (&mut pairs).zip(&mut outs) {
+        let (o0, o1) = o.split_at_mut(rows);
+        pair_products(k, [&p[..len], &p[len..]], xs, [o0, o1]);
     }
-    for (x, o) in xs[at..].iter().zip(&mut out[at..]) {
-        *o = (k.one)(w, [x])[0];
+    let (last, o) = (pairs.remainder(), outs.into_remainder());
+    if !last.is_empty() {
+        let mut spare = vec![0f32; rows];
+        pair_products(k, [last, last], xs, [o, &mut spare]);
     }
 }
 
-/// Dot products of one weight row with one or four rows of `x`: each weight
-/// vector loaded serves them all.
+/// The two weight rows `w` against every row of `xs`, into `out[0]` and `out[1]`.
+fn pair_products(k: &Kernels, w: [&[f32]; 2], xs: &[&[f32]], out: [&mut [f32]; 2]) {
+    let [o0, o1] = out;
+    let n = k.pair_rows;
+    for ((chunk, c0), c1) in xs.chunks(n).zip(o0.chunks_mut(n)).zip(o1.chunks_mut(n)) {
+        let r = (k.pair)(w, chunk);
+        c0.copy_from_slice(&r[0][..chunk.len()]);
+        c1.copy_from_slice(&r[1][..chunk.len()]);
+    }
+}
+
+/// Rows of `x` one call of a pair kernel takes at most.
+const PAIR_X_ROWS: usize = 8;
+
+/// Products of two weight rows with up to `PAIR_X_ROWS` rows of `x`:
+/// `[weight row][x row]`, the entries past `xs.len()` zero.
+type PairProducts = fn([&[f32]; 2], &[&[f32]]) -> [[f32; PAIR_X_ROWS]; 2];
+
+/// Dot products of one weight row with one or four rows of `x` (each loaded
+/// weight vector serves them all), and of two weight rows with up to four rows.
 struct Kernels {
     one: fn(&[f32], [&[f32]; 1]) -> [f32; 1],
     four: fn(&[f32], [&[f32]; 4]) -> [f32; 4],
+    pair: PairProducts,
+    /// Rows of `x` `pair` takes at most (as many as its accumulators fit in
+    /// registers).
+    pair_rows: usize,
 }
 
-/// The fastest kernels this CPU runs: AVX2 with FMA where present (checked at
-/// run time), else the portable loops.
+/// The fastest kernels this CPU runs: AVX-512 for the pairs and AVX2 with FMA
+/// for the rest where present (checked at run time), else the portable loops.
 fn kernels() -> Kernels {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            let (pair, pair_rows): (PairProducts, _) = if is_x86_feature_detected!("avx512f") {
+                (avx512::pair, PAIR_X_ROWS)
+            } else {
+                (avx2::pair, avx2::PAIR_ROWS)
+            };
             return Kernels {
                 one: avx2::dots::<1>,
                 four: avx2::dots::<4>,
+                pair,
+                pair_rows,
             };
         }
     }
     Kernels {
         one: dots_portable::<1>,
         four: dots_portable::<4>,
+        pair: pair_portable,
+        pair_rows: PAIR_X_ROWS,
+    }
+}
+
+/// `R` (1 to 4) rows of `x`, as an array, for the const-generic kernels.
+#[inline(always)]
+fn first<'a, const R: usize>(xs: &[&'a [f32]]) -> [&'a [f32]; R] {
+    std::array::from_fn(|i| xs[i])
+}
+
+/// Calls `$kernel::<R>` with the first `R` rows of `$xs`, `R` = `$xs.len()` (1 to 4).
+macro_rules! by_rows {
+    ($kernel:ident, $w:expr, $xs:expr) => {
+        match $xs.len() {
+            1 => $kernel::<1>($w, $crate::cpu_matvec::first($xs)),
+            2 => $kernel::<2>($w, $crate::cpu_matvec::first($xs)),
+            3 => $kernel::<3>($w, $crate::cpu_matvec::first($xs)),
+            4 => $kernel::<4>($w, $crate::cpu_matvec::first($xs)),
+            5 => $kernel::<5>($w, $crate::cpu_matvec::first($xs)),
+            6 => $kernel::<6>($w, $crate::cpu_matvec::first($xs)),
+            7 => $kernel::<7>($w, $crate::cpu_matvec::first($xs)),
+            _ => $kernel::<8>($w, $crate::cpu_matvec::first($xs)),
+        }
+    };
+}
+use by_rows;
+
+fn pair_portable(w: [&[f32]; 2], xs: &[&[f32]]) -> [[f32; PAIR_X_ROWS]; 2] {
+    let mut out = [[0f32; PAIR_X_ROWS]; 2];
+    for (o, wr) in out.iter_mut().zip(w) {
+        for (slot, x) in o.iter_mut().zip(xs) {
+            *slot = dots_portable::<1>(wr, [x])[0];
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::PAIR_X_ROWS;
+    use std::arch::x86_64::*;
+
+    /// Floats ahead of use at which weights are prefetched.
+    const PREFETCH_AHEAD: usize = 256;
+
+    pub fn pair(w: [&[f32]; 2], xs: &[&[f32]]) -> [[f32; PAIR_X_ROWS]; 2] {
+        let len = w[0].len();
+        assert!(w[1].len() == len && xs.iter().all(|x| x.len() >= len));
+        assert!((1..=PAIR_X_ROWS).contains(&xs.len()));
+        // SAFETY: only chosen by `kernels` after AVX-512F was detected; the loads
+        // below stay within `len` elements of each row (the last one masked).
+        unsafe { super::by_rows!(block, w, xs) }
+    }
+
+    /// Two weight rows against `R` rows of `x`, sixteen floats a step; the last
+    /// step's loads masked to the rows' end.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block<const R: usize>(w: [&[f32]; 2], xs: [&[f32]; R]) -> [[f32; PAIR_X_ROWS]; 2] {
+        let len = w[0].len();
+        let full = len / 16 * 16;
+        let (w0, w1) = (w[0].as_ptr(), w[1].as_ptr());
+        let mut xp = [std::ptr::null::<f32>(); R];
+        for r in 0..R {
+            xp[r] = xs[r].as_ptr();
+        }
+        let mut a0 = [_mm512_setzero_ps(); R];
+        let mut a1 = [_mm512_setzero_ps(); R];
+        let mut i = 0;
+        while i < full {
+            // The weights stream from memory: ask for them ahead of use (past a
+            // row's end lies the next weight row, which comes next anyway).
+            _mm_prefetch::<_MM_HINT_T0>(w0.wrapping_add(i + PREFETCH_AHEAD).cast());
+            _mm_prefetch::<_MM_HINT_T0>(w1.wrapping_add(i + PREFETCH_AHEAD).cast());
+            let v0 = _mm512_loadu_ps(w0.add(i));
+            let v1 = _mm512_loadu_ps(w1.add(i));
+            for r in 0..R {
+                let xv = _mm512_loadu_ps(xp[r].add(i));
+                a0[r] = _mm512_fmadd_ps(v0, xv, a0[r]);
+                a1[r] = _mm512_fmadd_ps(v1, xv, a1[r]);
+            }
+            i += 16;
+        }
+        if full < len {
+            let m: __mmask16 = (1u16 << (len - full)) - 1;
+            let v0 = _mm512_maskz_loadu_ps(m, w0.add(full));
+            let v1 = _mm512_maskz_loadu_ps(m, w1.add(full));
+            for r in 0..R {
+                let xv = _mm512_maskz_loadu_ps(m, xp[r].add(full));
+                a0[r] = _mm512_fmadd_ps(v0, xv, a0[r]);
+                a1[r] = _mm512_fmadd_ps(v1, xv, a1[r]);
+            }
+        }
+        let mut out = [[0f32; PAIR_X_ROWS]; 2];
+        for r in 0..R {
+            out[0][r] = _mm512_reduce_add_ps(a0[r]);
+            out[1][r] = _mm512_reduce_add_ps(a1[r]);
+        }
+        out
     }
 }
 
@@ -204,6 +339,49 @@ mod avx2 {
         let mut out = [0f32; R];
         for r in 0..R {
             out[r] = hsum(acc[r]) + super::tail::<true>(w, xs[r], full);
+        }
+        out
+    }
+
+    /// Rows of `x` per `pair` call: its eight accumulators, two weight vectors
+    /// and one `x` vector in the sixteen AVX2 registers.
+    pub const PAIR_ROWS: usize = 4;
+
+    pub fn pair(w: [&[f32]; 2], xs: &[&[f32]]) -> [[f32; super::PAIR_X_ROWS]; 2] {
+        let len = w[0].len();
+        assert!(w[1].len() == len && xs.iter().all(|x| x.len() >= len));
+        assert!((1..=PAIR_ROWS).contains(&xs.len()));
+        // SAFETY: only chosen by `kernels` after AVX2 and FMA were detected; the
+        // loads below stay within `len` elements of each row.
+        unsafe { super::by_rows!(pair_block, w, xs) }
+    }
+
+    /// Two weight rows against `R` rows of `x`, eight floats a step.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pair_block<const R: usize>(
+        w: [&[f32]; 2],
+        xs: [&[f32]; R],
+    ) -> [[f32; super::PAIR_X_ROWS]; 2] {
+        let len = w[0].len();
+        let full = len / 8 * 8;
+        let (w0, w1) = (w[0].as_ptr(), w[1].as_ptr());
+        let mut a0 = [_mm256_setzero_ps(); R];
+        let mut a1 = [_mm256_setzero_ps(); R];
+        let mut i = 0;
+        while i < full {
+            let v0 = _mm256_loadu_ps(w0.add(i));
+            let v1 = _mm256_loadu_ps(w1.add(i));
+            for r in 0..R {
+                let xv = _mm256_loadu_ps(xs[r].as_ptr().add(i));
+                a0[r] = _mm256_fmadd_ps(v0, xv, a0[r]);
+                a1[r] = _mm256_fmadd_ps(v1, xv, a1[r]);
+            }
+            i += 8;
+        }
+        let mut out = [[0f32; super::PAIR_X_ROWS]; 2];
+        for r in 0..R {
+            out[0][r] = hsum(a0[r]) + super::tail::<true>(w[0], xs[r], full);
+            out[1][r] = hsum(a1[r]) + super::tail::<true>(w[1], xs[r], full);
         }
         out
     }
@@ -300,6 +478,8 @@ mod tests {
             (3, 65, 100),
             (16, 257, 1024),
             (5, 64, 32),
+            (8, 65, 1000),
+            (6, 3, 17),
             (13, 70, 77),
         ] {
             check(rows, n, k);
@@ -318,9 +498,45 @@ mod tests {
         let fast = (kernels().one)(&a, [&b])[0] as f64;
         let portable = dots_portable::<1>(&a, [&b])[0] as f64;
         let grouped = (kernels().four)(&a, [&b, &a, &b, &b])[2] as f64;
+        let paired = (kernels().pair)([&a, &b], &[&b, &a])[0][0] as f64;
 
         assert!((fast - exact).abs() < 1e-3, "{fast} vs {exact}");
         assert!((portable - exact).abs() < 1e-3, "{portable} vs {exact}");
         assert!((grouped - exact).abs() < 1e-3, "{grouped} vs {exact}");
+        assert!((paired - exact).abs() < 1e-3, "{paired} vs {exact}");
+    }
+
+    /// Every pair kernel this CPU runs against the portable one, on every row
+    /// count it takes and lengths with and without a partial last vector.
+    #[test]
+    fn pair_kernels_agree_with_the_portable_loops() {
+        let mut candidates: Vec<(PairProducts, usize)> =
+            vec![(kernels().pair, kernels().pair_rows)];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            candidates.push((avx2::pair, avx2::PAIR_ROWS));
+        }
+        let row = |seed: usize, len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 31 + seed * 17) % 89) as f32 / 44.0 - 1.0)
+                .collect()
+        };
+        for len in [1, 7, 16, 33, 1000] {
+            let w = [row(1, len), row(2, len)];
+            let xs: Vec<Vec<f32>> = (0..PAIR_X_ROWS).map(|r| row(r + 3, len)).collect();
+            let xs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+            for &(pair, max_rows) in &candidates {
+                for rows in 1..=max_rows {
+                    let got = pair([&w[0], &w[1]], &xs[..rows]);
+                    let want = pair_portable([&w[0], &w[1]], &xs[..rows]);
+                    for (g, e) in got.iter().flatten().zip(want.iter().flatten()) {
+                        assert!(
+                            (g - e).abs() <= 1e-4 * e.abs().max(1.0),
+                            "{len} {rows}: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

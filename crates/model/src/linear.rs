@@ -1,9 +1,10 @@
 //! The decoder's bias-free linear layers, `x · wᵀ` with `w` `[out, in]` as stored.
 //! On the CPU, products of few rows (decode steps, bound by reading the weights)
 //! avoid candle's `x · wᵀ`, which reads the transposed weight at well under the
-//! memory bandwidth: up to four rows in f32 run as `cpu_matvec` (one row of a
-//! 32000×1024 weight: 13.6 GB/s against 6.6 on the 2-core development machine),
-//! up to 16 as `(w · xᵀ)ᵀ` (eight rows: 12.2 against 9.7 GB/s).
+//! memory bandwidth: up to eight rows in f32 run as `cpu_matvec` (a 32000×1024
+//! weight read at about 21 GB/s with one row and 12.7 with eight, against 9 and
+//! 6.6 for candle's best form on the 2-core development machine), up to 16 as
+//! `(w · xᵀ)ᵀ`.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
