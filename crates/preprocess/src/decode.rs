@@ -101,6 +101,12 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb8, ImageError
             limit: limits.max_pixels,
         });
     }
+    // The JPEG decoder fills a cut-off file with grey without a word.
+    if image::guess_format(bytes).ok() == Some(ImageFormat::Jpeg)
+        && !crate::jpeg::is_complete(bytes)
+    {
+        return Err(ImageError::Truncated);
+    }
     let mut r = reader(bytes)?;
     let mut l = image::Limits::default();
     l.max_image_width = Some(width);

@@ -6,6 +6,7 @@ mod bytes;
 pub mod decode;
 pub mod detok;
 pub mod error;
+mod jpeg;
 pub mod pan_scan;
 pub mod prompt;
 pub mod resize;

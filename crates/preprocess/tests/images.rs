@@ -248,16 +248,19 @@ fn bad_images_give_clear_errors() {
     ));
 }
 
+/// One fixture image of each accepted format.
+const EVERY_FORMAT: [&str; 6] = [
+    "square.png",
+    "photo.jpg",
+    "tall.webp",
+    "small.bmp",
+    "scan.tiff",
+    "anim.gif",
+];
+
 #[test]
 fn every_format_and_cut_never_panics() {
-    for name in [
-        "square.png",
-        "photo.jpg",
-        "tall.webp",
-        "small.bmp",
-        "scan.tiff",
-        "anim.gif",
-    ] {
+    for name in EVERY_FORMAT {
         let bytes = read(name);
         assert!(decode(&bytes).is_ok(), "{name}");
         for cut in [1, 8, 16, 33, bytes.len() / 3, bytes.len() - 1] {
@@ -270,6 +273,30 @@ fn every_format_and_cut_never_panics() {
         }
         let _ = decode(&flipped);
     }
+}
+
+/// A file cut anywhere in its pixel data is refused in every format (the JPEG
+/// decoder alone would fill the rest with grey), as PIL refuses it.
+#[test]
+fn every_format_cut_short_is_refused() {
+    for name in EVERY_FORMAT {
+        let bytes = read(name);
+        for share in [0.3, 0.6, 0.9] {
+            let cut = (bytes.len() as f64 * share) as usize;
+            let got = decode(&bytes[..cut]);
+            assert!(
+                matches!(got, Err(ImageError::Truncated | ImageError::Corrupt(_))),
+                "{name} cut to {cut} of {} bytes: {:?}",
+                bytes.len(),
+                got.map(|i| (i.width, i.height))
+            );
+        }
+    }
+    let jpeg = read("photo.jpg");
+    assert_eq!(decode(&jpeg[..jpeg.len() - 2]), Err(ImageError::Truncated));
+    let mut trailing = jpeg.clone();
+    trailing.extend_from_slice(b"trailing bytes after the end marker");
+    assert!(decode(&trailing).is_ok());
 }
 
 #[test]
