@@ -189,7 +189,10 @@ impl TextStream {
                 )
                 .with_code("server_shutdown"))
             }
-            Some(TokenEvent::Finished { reason, .. }) => {
+            Some(TokenEvent::Finished { reason, usage }) => {
+                // The engine's count includes an end-of-sequence token, which
+                // has no token event of its own.
+                self.generated = self.generated.max(usage.completion_tokens);
                 let rest = self.detok.finish(&self.text)?;
                 let mut piece = self.release(rest, true, Vec::new());
                 piece.finish = piece.finish.or(Some(reason));

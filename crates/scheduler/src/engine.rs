@@ -85,6 +85,7 @@ impl<E: Executor> Engine<E> {
         SchedulerStats::set(&self.stats.waiting, self.waiting.len());
         SchedulerStats::set(&self.stats.running, self.running.len());
         SchedulerStats::set(&self.stats.kv_blocks_used, self.blocks.used_blocks());
+        SchedulerStats::set(&self.stats.active_kv_sequences, self.running.len());
     }
 
     /// Frees a sequence that leaves the engine: its blocks and the executor's state.
@@ -274,7 +275,6 @@ impl<E: Executor> Engine<E> {
             }
             Err(e) => self.fail(&batch, &e.to_string()),
         }
-        SchedulerStats::set(&self.stats.active_kv_sequences, self.running.len());
     }
 
     fn advance(
@@ -299,8 +299,8 @@ impl<E: Executor> Engine<E> {
         self.blocks.trim(&mut seq.blocks, seq.computed);
         let Some(token) = token else { return };
         let finish = seq.accept(token, max_len);
+        SchedulerStats::add(&self.stats.generated_tokens, 1);
         if finish != Some(FinishReason::Stop) {
-            SchedulerStats::add(&self.stats.generated_tokens, 1);
             let _ = seq.tx.send(TokenEvent::Token {
                 id: token,
                 logprobs,

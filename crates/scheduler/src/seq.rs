@@ -56,6 +56,9 @@ impl Sequence {
     pub fn accept(&mut self, token: u32, max_model_len: usize) -> Option<FinishReason> {
         let stop = &self.req.stop;
         if !stop.ignore_eos && stop.stop_token_ids.contains(&token) {
+            // Sampled like any token, so counted (as vLLM and TGI count it), but
+            // never part of the text.
+            self.generated += 1;
             return Some(FinishReason::Stop);
         }
         self.tokens.push(token);
