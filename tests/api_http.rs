@@ -111,6 +111,20 @@ fn logprobs_n_stop_and_usage() {
     let (_, resp) = server.post("/v1/chat/completions", &body);
     assert_eq!(resp["choices"][0]["message"]["content"], &text[..cut]);
     assert_eq!(resp["choices"][0]["finish_reason"], "stop");
+
+    // The end-of-sequence token was sampled like any other: counted (as vLLM
+    // counts it), never shown; the same in the streamed usage.
+    let eos = json!({"messages": p["messages"], "max_tokens": 5, "logit_bias": {"1": 100}});
+    let (_, resp) = server.post("/v1/chat/completions", &eos);
+    assert_eq!(resp["choices"][0]["message"]["content"], "", "{resp}");
+    assert_eq!(resp["choices"][0]["finish_reason"], "stop");
+    assert_eq!(resp["usage"]["completion_tokens"], 1, "{resp}");
+    let mut streamed = eos.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let events = server.stream("/v1/chat/completions", &streamed);
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 1, "{events:?}");
 }
 
 #[test]
@@ -141,6 +155,12 @@ fn completions_tokenize_models_and_metrics() {
     let lp = &r["choices"][0]["logprobs"];
     let offsets = lp["text_offset"].as_array().unwrap();
     assert_eq!(offsets[0], 4, "{r}");
+    let offs: Vec<u64> = offsets.iter().map(|o| o.as_u64().unwrap()).collect();
+    assert!(offs.windows(2).all(|w| w[0] <= w[1]), "{offs:?}");
+    assert!(
+        *offs.last().unwrap() as usize <= text.len(),
+        "{offs:?} in {text:?}"
+    );
     for (tok, off) in lp["tokens"].as_array().unwrap().iter().zip(offsets) {
         let (tok, off) = (tok.as_str().unwrap(), off.as_u64().unwrap() as usize);
         if !tok.starts_with("bytes:") {
@@ -299,6 +319,9 @@ fn a_client_that_disconnects_mid_stream_frees_its_sequence() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(server.metric("medgemma_cancelled_sequences_total") >= 1.0);
+    // Every gauge says so while the server idles, not only after a later step.
+    assert_eq!(server.metric("medgemma_kv_sequences"), 0.0);
+    assert_eq!(server.metric("medgemma_kv_blocks_used"), 0.0);
     let mut rest = Vec::new();
     let _ = conn.read_to_end(&mut rest);
 }
@@ -357,6 +380,26 @@ fn image_prompts_through_the_api_equal_transformers() {
         assert_eq!(s, status, "{url}: {resp}");
         assert_error_shape(&resp, url);
     }
+    // A cut-off upload is refused, naming the part that held it.
+    let jpeg = std::fs::read(common::fixture("images/photo.jpg")).unwrap();
+    let cut = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&jpeg[..jpeg.len() * 6 / 10])
+    };
+    let body = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "Describe"}, {"type": "image_url", "image_url": {"url": format!("data:image/jpeg;base64,{cut}")}}]}]});
+    let (s, resp) = server.post("/v1/chat/completions", &body);
+    assert_eq!(s, 400, "{resp}");
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("truncated"),
+        "{resp}"
+    );
+    assert_eq!(
+        resp["error"]["param"],
+        "messages[0].content[1].image_url.url"
+    );
     let two_markers = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "no image"}]}], "max_tokens": 1});
     assert_eq!(server.post("/v1/chat/completions", &two_markers).0, 200);
     // Image tokens typed into the text beside a real image: a 400, not a 500.
@@ -376,4 +419,29 @@ fn image_prompts_through_the_api_equal_transformers() {
     );
     assert_eq!(s, 400, "{resp}");
     assert_error_shape(&resp, "image tokens in the text");
+    // ... and without any image: the model would read an image that is not there.
+    let typed = json!([{"role": "user", "content": "Look: <image_soft_token>"}]);
+    let (s, resp) = server.post(
+        "/v1/chat/completions",
+        &json!({"messages": typed, "max_tokens": 1}),
+    );
+    assert_eq!(s, 400, "{resp}");
+    assert_eq!(resp["error"]["param"], "messages", "{resp}");
+    let (_, t) = server.post("/tokenize", &json!({"prompt": "<image_soft_token>"}));
+    let (s, resp) = server.post(
+        "/v1/completions",
+        &json!({"prompt": t["tokens"], "max_tokens": 1}),
+    );
+    assert_eq!(s, 400, "{resp}");
+    assert_eq!(resp["error"]["param"], "prompt", "{resp}");
+
+    // /tokenize counts a chat's images as the chat request does: expanded.
+    for (name, p) in g["prompts"].as_object().unwrap() {
+        if p["do_pan_and_scan"] == json!(true) {
+            continue;
+        }
+        let (s, t) = server.post("/tokenize", &json!({"messages": common::image_messages(p)}));
+        assert_eq!(s, 200, "{name}: {t}");
+        assert_eq!(t["tokens"], p["input_ids"], "{name}");
+    }
 }

@@ -410,6 +410,25 @@ fn a_request_past_the_time_limit_gets_a_504_and_is_freed() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Streamed with four choices: one error event for the request, then [DONE].
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1000, "ignore_eos": true, "n": 4, "stream": true, "stream_options": {"include_usage": true}});
+    let events = server.stream("/v1/chat/completions", &body);
+    let errors: Vec<&String> = events.iter().filter(|e| e.contains("\"error\"")).collect();
+    assert_eq!(errors.len(), 1, "{events:?}");
+    assert_error_shape(&serde_json::from_str(errors[0]).unwrap(), "streamed 504");
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.contains("\"usage\":{")),
+        "{events:?}"
+    );
+    while server.metric("medgemma_running_sequences") != 0.0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "never freed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The operator's image limits apply before decoding: past them, 413.

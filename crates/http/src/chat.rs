@@ -18,7 +18,7 @@ use crate::access::{with_counts, TokenCounts};
 use crate::error::ApiError;
 use crate::generation::{check_fan_out, sampling_params, submit, Piece, TextStream, TokenInfo};
 use crate::prompt::{chat_prompt, max_new_tokens};
-use crate::sse::{error_event, json_event, sse_response};
+use crate::sse::{chunk_event, failed_event, json_event, sse_response, ChoiceEvent};
 use crate::state::AppState;
 
 pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -193,7 +193,7 @@ impl ChoiceStream {
         }
     }
 
-    async fn next_event(mut self) -> Option<(Event, Self)> {
+    async fn next_event(mut self) -> Option<(ChoiceEvent, Self)> {
         if self.done {
             return None;
         }
@@ -203,14 +203,14 @@ impl ChoiceStream {
                 role: Some("assistant"),
                 content: Some(String::new()),
             };
-            return Some((json_event(&self.chunk(delta, None, None)), self));
+            return Some((chunk_event(&self.chunk(delta, None, None)), self));
         }
         loop {
             let piece: Piece = match self.stream.next(&self.state).await {
                 Ok(p) => p,
                 Err(e) => {
                     self.done = true;
-                    return Some((error_event(&e), self));
+                    return Some((failed_event(&e), self));
                 }
             };
             let finish = piece.finish.map(|f| f.as_str().to_string());
@@ -239,7 +239,7 @@ impl ChoiceStream {
                 logprobs,
                 finish,
             );
-            return Some((json_event(&chunk), self));
+            return Some((chunk_event(&chunk), self));
         }
     }
 }

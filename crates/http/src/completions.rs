@@ -20,8 +20,9 @@ use crate::access::{with_counts, TokenCounts};
 use crate::error::ApiError;
 use crate::generation::{check_fan_out, sampling_params, submit, TextStream, TokenInfo};
 use crate::prompt::max_new_tokens;
-use crate::sse::{error_event, json_event, sse_response};
+use crate::sse::{chunk_event, failed_event, json_event, sse_response};
 use crate::state::{AppState, Engine};
+use crate::text_offset::TextOffsets;
 
 pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = crate::state::prepare(&state, body, start).await;
@@ -60,8 +61,8 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Res
 struct Choice {
     stream: TextStream,
     echo: String,
-    /// The generated tokens' bytes so far, for `text_offset`.
-    decoded: Vec<u8>,
+    /// Where the next token's text starts, for `text_offset`.
+    offsets: TextOffsets,
 }
 
 struct Run {
@@ -72,16 +73,20 @@ struct Run {
 }
 
 fn prompt_ids(p: &OnePrompt, engine: &Engine) -> Result<Vec<u32>, ApiError> {
-    match p {
-        OnePrompt::Text(t) => Ok(engine.text.encode_with(t, true)?),
+    let ids = match p {
+        OnePrompt::Text(t) => engine.text.encode_with(t, true)?,
         OnePrompt::Ids(ids) => match ids.iter().find(|&&i| i as usize >= engine.vocab_size) {
-            Some(bad) => Err(ApiError::bad_request(
-                format!("prompt token {bad} is outside the vocabulary"),
-                Some("prompt"),
-            )),
-            None => Ok(ids.clone()),
+            Some(bad) => {
+                return Err(ApiError::bad_request(
+                    format!("prompt token {bad} is outside the vocabulary"),
+                    Some("prompt"),
+                ))
+            }
+            None => ids.clone(),
         },
-    }
+    };
+    crate::prompt::refuse_image_tokens(engine, &ids, "prompt")?;
+    Ok(ids)
 }
 
 fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
@@ -122,8 +127,8 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
             let stream = TextStream::new(events, engine.text.clone(), req.sampling.stop.clone());
             choices.push(Choice {
                 stream,
+                offsets: TextOffsets::new(echo.chars().count()),
                 echo: echo.clone(),
-                decoded: Vec::new(),
             });
         }
     }
@@ -135,14 +140,9 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
     })
 }
 
-/// Each `text_offset` counts characters (Unicode scalar values, as OpenAI's Python
-/// indices do) of the choice's text before that token: the echoed prompt, then
-/// what `c.decoded` holds (the bytes of the tokens before, appended to here); a
-/// token holding part of a character adds nothing until the character is complete.
+/// The legacy logprobs of `tokens`, the next of the choice's tokens.
 fn legacy_logprobs(tokens: &[TokenInfo], c: &mut Choice) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
-    let (stream, bytes) = (&c.stream, &mut c.decoded);
-    let offset = c.echo.chars().count();
     for t in tokens {
         out.tokens.push(t.text.clone());
         out.token_logprobs.push(Some(t.logprobs.logprob));
@@ -150,22 +150,12 @@ fn legacy_logprobs(tokens: &[TokenInfo], c: &mut Choice) -> CompletionLogprobs {
             .logprobs
             .top
             .iter()
-            .map(|&(id, lp)| (stream.token_text(id), Value::from(lp as f64)))
+            .map(|&(id, lp)| (c.stream.token_text(id), Value::from(lp as f64)))
             .collect();
         out.top_logprobs.push(Some(top));
-        out.text_offset.push(offset + complete_chars(bytes));
-        bytes.extend_from_slice(&t.bytes);
+        out.text_offset.push(c.offsets.next(&t.bytes));
     }
     out
-}
-
-/// Characters in the longest valid UTF-8 prefix of `bytes`.
-fn complete_chars(bytes: &[u8]) -> usize {
-    let valid = match std::str::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
-    };
-    valid.chars().count()
 }
 
 async fn collect(state: &AppState, run: Run) -> Result<Completion, ApiError> {
@@ -245,7 +235,7 @@ fn stream_response(
                         return None;
                     }
                     if !echoed && !c.echo.is_empty() {
-                        let e = json_event(&chunk(
+                        let e = chunk_event(&chunk(
                             &state,
                             &id,
                             created,
@@ -259,7 +249,7 @@ fn stream_response(
                     loop {
                         let piece = match c.stream.next(&state).await {
                             Ok(p) => p,
-                            Err(e) => return Some((error_event(&e), (c, true, true))),
+                            Err(e) => return Some((failed_event(&e), (c, true, true))),
                         };
                         let finish = piece.finish.map(|f| f.as_str().to_string());
                         if piece.text.is_empty() && piece.tokens.is_empty() && finish.is_none() {
@@ -272,8 +262,9 @@ fn stream_response(
                         }
                         let lp = want_lp.then(|| legacy_logprobs(&piece.tokens, &mut c));
                         let done = finish.is_some();
-                        let e =
-                            json_event(&chunk(&state, &id, created, index, piece.text, lp, finish));
+                        let e = chunk_event(&chunk(
+                            &state, &id, created, index, piece.text, lp, finish,
+                        ));
                         return Some((e, (c, true, done)));
                     }
                 }

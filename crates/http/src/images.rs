@@ -32,15 +32,26 @@ impl Default for ImageSettings {
     }
 }
 
+/// An image of a request: its bytes and the request field that named it.
+#[derive(Debug, Clone)]
+pub struct RequestImage {
+    pub bytes: Vec<u8>,
+    /// e.g. `messages[0].content[1].image_url.url`, for errors.
+    pub param: String,
+}
+
 /// Turns a rendered chat prompt and its images into token ids and pixels.
 pub trait ImagePreprocessor: Send + Sync {
     /// `rendered` holds one image marker per image, in order.
     fn build_prompt(
         &self,
         rendered: &str,
-        images: &[Vec<u8>],
+        images: &[RequestImage],
         pan_and_scan: Option<bool>,
     ) -> Result<Prompt, ApiError>;
+
+    /// The id of the image soft token, which only an image's placeholder may hold.
+    fn image_token_id(&self) -> u32;
 }
 
 /// The checkpoint's image processor and image tokens.
@@ -54,24 +65,28 @@ impl ImagePreprocessor for CheckpointImages {
     fn build_prompt(
         &self,
         rendered: &str,
-        images: &[Vec<u8>],
+        images: &[RequestImage],
         pan_and_scan: Option<bool>,
     ) -> Result<Prompt, ApiError> {
         let mut pixels = Vec::with_capacity(images.len());
-        for (i, bytes) in images.iter().enumerate() {
+        for (i, image) in images.iter().enumerate() {
             let p = self
                 .processor
-                .process(bytes, pan_and_scan)
-                .map_err(|e| image_error(i, e))?;
+                .process(&image.bytes, pan_and_scan)
+                .map_err(|e| image_error(i, &image.param, e))?;
             pixels.push(p);
         }
         self.tokens
             .build_prompt(&self.text, rendered, pixels)
             .map_err(ApiError::from)
     }
+
+    fn image_token_id(&self) -> u32 {
+        self.tokens.image_token_id
+    }
 }
 
-fn image_error(index: usize, e: ImageError) -> ApiError {
+fn image_error(index: usize, param: &str, e: ImageError) -> ApiError {
     let status = match e {
         ImageError::TooManyBytes { .. } | ImageError::TooManyPixels { .. } => {
             StatusCode::PAYLOAD_TOO_LARGE
@@ -79,7 +94,7 @@ fn image_error(index: usize, e: ImageError) -> ApiError {
         _ => StatusCode::BAD_REQUEST,
     };
     ApiError {
-        param: Some("messages".into()),
+        param: Some(param.into()),
         ..ApiError::new(status, format!("image {index}: {e}"))
     }
 }

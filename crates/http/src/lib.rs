@@ -13,6 +13,7 @@ pub mod prompt;
 pub mod routes;
 pub mod sse;
 pub mod state;
+pub mod text_offset;
 pub mod tls;
 
 use std::sync::Arc;

@@ -8,14 +8,14 @@ use medgemma_protocol::{ContentPart, MessageContent, ValidMessage};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::images::image_bytes;
+use crate::images::{image_bytes, RequestImage};
 use crate::state::{AppState, Engine};
 
 /// A request's messages as the chat template takes them.
 pub struct Templated {
     pub messages: Vec<TemplateMessage>,
     /// The image bytes the messages refer to, in order.
-    pub images: Vec<Vec<u8>>,
+    pub images: Vec<RequestImage>,
     /// For each templated message, the request's index of its first message
     /// (same-role neighbours are merged).
     origin: Vec<usize>,
@@ -63,7 +63,8 @@ pub fn template_messages(
                         ContentPart::Text { text } => json!({"type": "text", "text": text}),
                         ContentPart::ImageUrl { url } => {
                             let param = format!("messages[{i}].content[{j}].image_url.url");
-                            out.images.push(image_bytes(url, &state.images, &param)?);
+                            let bytes = image_bytes(url, &state.images, &param)?;
+                            out.images.push(RequestImage { bytes, param });
                             json!({"type": "image"})
                         }
                     });
@@ -126,19 +127,52 @@ pub fn chat_prompt(
     state: &AppState,
     engine: &Engine,
 ) -> Result<Prompt, ApiError> {
-    let templated = template_messages(&chat.messages, state)?;
-    let rendered = templated.render(engine, true)?;
+    messages_prompt(&chat.messages, true, chat.pan_and_scan, state, engine)
+}
+
+/// Renders `messages` with the chat template, expands their images and tokenizes.
+pub fn messages_prompt(
+    messages: &[ValidMessage],
+    add_generation_prompt: bool,
+    pan_and_scan: Option<bool>,
+    state: &AppState,
+    engine: &Engine,
+) -> Result<Prompt, ApiError> {
+    let templated = template_messages(messages, state)?;
+    let rendered = templated.render(engine, add_generation_prompt)?;
     let images = templated.images;
     if images.is_empty() {
+        let token_ids = engine.text.encode(&rendered)?;
+        refuse_image_tokens(engine, &token_ids, "messages")?;
         return Ok(Prompt {
-            token_ids: engine.text.encode(&rendered)?,
+            token_ids,
             images: Vec::new(),
         });
     }
     let vision = engine.vision.as_ref().ok_or_else(|| {
         ApiError::bad_request("this model does not accept images", Some("messages"))
     })?;
-    vision.build_prompt(&rendered, &images, chat.pan_and_scan)
+    vision.build_prompt(&rendered, &images, pan_and_scan)
+}
+
+/// Refuses a prompt without images that holds the image soft token of a model
+/// that reads images: the model would put an image's features there, and there
+/// is none (with images, the placeholders are checked against them instead).
+pub fn refuse_image_tokens(engine: &Engine, ids: &[u32], param: &str) -> Result<(), ApiError> {
+    let Some(vision) = engine.vision.as_ref() else {
+        return Ok(());
+    };
+    let image_token = vision.image_token_id();
+    match ids.iter().position(|&t| t == image_token) {
+        None => Ok(()),
+        Some(at) => Err(ApiError::bad_request(
+            format!(
+                "the prompt holds the image token (id {image_token}, at token {at}) without an \
+                 image for it; send images as image_url content parts"
+            ),
+            Some(param),
+        )),
+    }
 }
 
 /// The number of new tokens a request may generate, checked against the model's limit.

@@ -12,7 +12,7 @@ use medgemma_protocol::tokenize::{
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::prompt::template_messages;
+use crate::prompt::messages_prompt;
 use crate::state::AppState;
 
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
@@ -71,10 +71,11 @@ pub async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
                 .text
                 .encode_with(&p, req.add_special_tokens.unwrap_or(true))?,
             (None, Some(m)) => {
+                // As a chat request would be tokenized: images expanded to their
+                // placeholders.
                 let valid = medgemma_protocol::validate_messages(&m)?;
-                let rendered = template_messages(&valid, &state)?
-                    .render(engine, req.add_generation_prompt.unwrap_or(true))?;
-                engine.text.encode(&rendered)?
+                let generation_prompt = req.add_generation_prompt.unwrap_or(true);
+                messages_prompt(&valid, generation_prompt, None, &state, engine)?.token_ids
             }
             _ => {
                 return Err(ApiError::bad_request(
