@@ -183,7 +183,7 @@ fn checkpoint_images(
     args: &ServeArgs,
 ) -> Result<Arc<dyn medgemma_http::ImagePreprocessor>> {
     let mut processor = medgemma_preprocess::ImageProcessor::load(dir)
-        .context("reading preprocessor_config.json")?;
+        .context("reading the image processor's settings")?;
     processor.limits = medgemma_preprocess::ImageLimits {
         max_bytes: args.max_image_bytes,
         max_pixels: args.max_image_pixels,

@@ -73,20 +73,47 @@ fn triple(v: Option<Vec<f32>>, name: &str) -> Result<[f32; 3], ImageError> {
 }
 
 impl ImageProcessor {
-    /// Reads `dir/preprocessor_config.json`.
+    /// Reads the image processor's settings from `dir`: `preprocessor_config.json`,
+    /// else the `image_processor` entry of `processor_config.json` (where
+    /// transformers 5 saves a processor's parts), as transformers looks for them.
     pub fn load(dir: &Path) -> Result<Self, ImageError> {
-        let path = dir.join("preprocessor_config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ImageError::Config(format!("{}: {e}", path.display())))?;
-        Self::from_json_str(&text)
+        let read = |name: &str| -> Result<Option<String>, ImageError> {
+            match std::fs::read_to_string(dir.join(name)) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(ImageError::Config(format!("{name}: {e}"))),
+            }
+        };
+        if let Some(text) = read("preprocessor_config.json")? {
+            return Self::from_json_str(&text);
+        }
+        let Some(text) = read("processor_config.json")? else {
+            return Err(ImageError::Config(format!(
+                "{} has neither preprocessor_config.json nor processor_config.json",
+                dir.display()
+            )));
+        };
+        let processor: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ImageError::Config(format!("processor_config.json: {e}")))?;
+        let settings = processor.get("image_processor").ok_or_else(|| {
+            ImageError::Config("processor_config.json has no image_processor entry".into())
+        })?;
+        Self::from_raw(RawConfig::deserialize(settings).map_err(|e| {
+            ImageError::Config(format!("processor_config.json image_processor: {e}"))
+        })?)
     }
 
+    /// The settings of a preprocessor_config.json.
     pub fn from_json_str(text: &str) -> Result<Self, ImageError> {
         let raw: RawConfig = serde_json::from_str(text)
             .map_err(|e| ImageError::Config(format!("preprocessor_config.json: {e}")))?;
-        let size = raw
-            .size
-            .ok_or_else(|| ImageError::Config("preprocessor_config.json has no size".into()))?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Self, ImageError> {
+        let size = raw.size.ok_or_else(|| {
+            ImageError::Config("the image processor's settings have no size".into())
+        })?;
         if size.height == 0 || size.width == 0 {
             return Err(ImageError::Config("size must be positive".into()));
         }

@@ -248,6 +248,29 @@ fn bad_images_give_clear_errors() {
     ));
 }
 
+/// transformers 5 saves the image processor inside processor_config.json, with no
+/// preprocessor_config.json: the same settings load from there.
+#[test]
+fn settings_load_from_a_transformers_5_processor_config() {
+    let legacy: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-gemma3/preprocessor_config.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("mg-processor-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = ImageProcessor::load(&dir).unwrap_err().to_string();
+    assert!(
+        missing.contains("neither preprocessor_config.json nor processor_config.json"),
+        "{missing}"
+    );
+    let nested =
+        serde_json::json!({"image_processor": legacy, "processor_class": "Gemma3Processor"});
+    std::fs::write(dir.join("processor_config.json"), nested.to_string()).unwrap();
+    let loaded = ImageProcessor::load(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(loaded.unwrap(), processor());
+}
+
 /// One fixture image of each accepted format.
 const EVERY_FORMAT: [&str; 6] = [
     "square.png",
