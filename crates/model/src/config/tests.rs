@@ -124,22 +124,41 @@ fn missing_keys_take_transformers_defaults() {
     assert_eq!(c.eos_token_ids, vec![1]);
 }
 
+/// transformers 5 reads only the layer-type entries of `rope_parameters`: a flat
+/// dict leaves every layer at its defaults (checked against transformers 5.24,
+/// whose logits it then matches).
 #[test]
-fn flat_rope_parameters_apply_to_full_layers() {
+fn flat_rope_parameters_are_ignored_as_transformers_ignores_them() {
     let c = parse(r#"{"model_type":"gemma3_text","num_hidden_layers":2,"layer_types":["sliding_attention","full_attention"],
         "rope_parameters":{"rope_type":"linear","factor":2.0,"rope_theta":5000.0},"rope_local_base_freq":77.0}"#)
+    .unwrap();
+    let plain = |theta| RopeParams {
+        theta,
+        linear_factor: 1.0,
+    };
+    assert_eq!(c.text.rope_full, plain(1_000_000.0));
+    assert_eq!(c.text.rope_sliding, plain(77.0));
+}
+
+/// Legacy `rope_scaling` beside per-layer-type `rope_parameters` updates the full
+/// layers' entry, as transformers' config does.
+#[test]
+fn rope_scaling_updates_the_full_layers_entry() {
+    let c = parse(r#"{"model_type":"gemma3_text","num_hidden_layers":2,"layer_types":["sliding_attention","full_attention"],
+        "rope_parameters":{"full_attention":{"rope_type":"default","rope_theta":3000.0},"sliding_attention":{"rope_type":"default","rope_theta":30.0}},
+        "rope_scaling":{"rope_type":"linear","factor":4.0}}"#)
     .unwrap();
     assert_eq!(
         c.text.rope_full,
         RopeParams {
-            theta: 5000.0,
-            linear_factor: 2.0
+            theta: 3000.0,
+            linear_factor: 4.0
         }
     );
     assert_eq!(
         c.text.rope_sliding,
         RopeParams {
-            theta: 77.0,
+            theta: 30.0,
             linear_factor: 1.0
         }
     );

@@ -3,7 +3,7 @@
 //! the checks that turn an unsupported or inconsistent config into one clear error.
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{default_eps, default_hidden_act, LayerType, RopeParams, TextConfig};
 
@@ -235,51 +235,42 @@ fn rope_entry(v: &Value, default_theta: f64) -> Result<RopeParams, String> {
     })
 }
 
+/// The RoPE of full- and sliding-attention layers, as transformers 5's Gemma 3
+/// config reads them: `rope_parameters` keyed by layer type, else the legacy
+/// `rope_scaling` on the full layers; `rope_theta` and `rope_local_base_freq` (or
+/// their defaults) wherever a theta is missing.
 fn rope(raw: &RawText) -> Result<(RopeParams, RopeParams), String> {
     let theta = raw.rope_theta.unwrap_or(DEFAULT_THETA);
     let local = raw.rope_local_base_freq.unwrap_or(DEFAULT_LOCAL_THETA);
-    if let Some(params) = raw.rope_parameters.as_ref().filter(|v| v.is_object()) {
-        let per_type =
-            params.get("full_attention").is_some() || params.get("sliding_attention").is_some();
-        if per_type {
-            let full = match params.get("full_attention") {
-                Some(v) => rope_entry(v, theta)?,
-                None => RopeParams {
-                    theta,
-                    linear_factor: 1.0,
-                },
-            };
-            let sliding = match params.get("sliding_attention") {
-                Some(v) => rope_entry(v, local)?,
-                None => RopeParams {
-                    theta: local,
-                    linear_factor: 1.0,
-                },
-            };
-            return Ok((full, sliding));
-        }
-        // A flat dict applies to the full-attention layers, as legacy rope_scaling does.
-        let full = rope_entry(params, theta)?;
-        return Ok((
-            full,
-            RopeParams {
-                theta: local,
-                linear_factor: 1.0,
-            },
-        ));
-    }
-    let full = match raw.rope_scaling.as_ref().filter(|v| v.is_object()) {
-        Some(s) => rope_entry(s, theta)?,
-        None => RopeParams {
-            theta,
-            linear_factor: 1.0,
-        },
+    let plain = |theta| RopeParams {
+        theta,
+        linear_factor: 1.0,
     };
-    Ok((
-        full,
-        RopeParams {
-            theta: local,
-            linear_factor: 1.0,
-        },
-    ))
+    let params = raw.rope_parameters.as_ref().filter(|v| v.is_object());
+    let per_type = params
+        .filter(|p| p.get("full_attention").is_some() || p.get("sliding_attention").is_some());
+    if params.is_some() && per_type.is_none() {
+        // transformers keeps such a dict but reads only the layer-type entries,
+        // so its layers run the defaults; so do ours, as the reference computes.
+        tracing::warn!(
+            "config.json: rope_parameters is not keyed by layer type (full_attention, \
+             sliding_attention); it is ignored, as transformers ignores it"
+        );
+    }
+    let entry = |key: &str| per_type.and_then(|p| p.get(key)).filter(|v| v.is_object());
+    // Legacy rope_scaling updates the full layers' entry, as transformers does.
+    let mut full = entry("full_attention")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let (Some(scaling), Some(f)) = (
+        raw.rope_scaling.as_ref().and_then(Value::as_object),
+        full.as_object_mut(),
+    ) {
+        f.extend(scaling.clone());
+    }
+    let sliding = match entry("sliding_attention") {
+        Some(v) => rope_entry(v, local)?,
+        None => plain(local),
+    };
+    Ok((rope_entry(&full, theta)?, sliding))
 }
