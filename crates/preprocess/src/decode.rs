@@ -1,6 +1,7 @@
 //! Image bytes → 8-bit RGB, as transformers' Gemma 3 processor sees them.
 //!
-//! Formats: PNG, JPEG, WebP, GIF (first frame), BMP, TIFF. Limits are checked on
+//! Formats: PNG, JPEG (decoded as PIL decodes it, see `jpeg_decode`), WebP, GIF
+//! (first frame), BMP, TIFF. Limits are checked on
 //! the byte length and then on the header's dimensions before any pixel is
 //! decoded. Conversion follows transformers 5.x `convert_to_rgb`: an image with
 //! alpha (or a transparency key) is composited onto white with PIL's
@@ -101,11 +102,14 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb8, ImageError
             limit: limits.max_pixels,
         });
     }
-    // The JPEG decoder fills a cut-off file with grey without a word.
-    if image::guess_format(bytes).ok() == Some(ImageFormat::Jpeg)
-        && !crate::jpeg::is_complete(bytes)
-    {
-        return Err(ImageError::Truncated);
+    if image::guess_format(bytes).ok() == Some(ImageFormat::Jpeg) {
+        // JPEG decoders fill a cut-off file with grey without a word.
+        if !crate::jpeg::is_complete(bytes) {
+            return Err(ImageError::Truncated);
+        }
+        if let Some(rgb) = crate::jpeg_decode::decode(bytes)? {
+            return Ok(rgb);
+        }
     }
     let mut r = reader(bytes)?;
     let mut l = image::Limits::default();

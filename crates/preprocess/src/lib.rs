@@ -7,6 +7,7 @@ pub mod decode;
 pub mod detok;
 pub mod error;
 mod jpeg;
+mod jpeg_decode;
 pub mod pan_scan;
 pub mod prompt;
 pub mod resize;
