@@ -7,13 +7,18 @@
 //! alpha (or a transparency key) is composited onto white with PIL's
 //! `alpha_composite` arithmetic, then converted to RGB; grayscale is replicated.
 //!
+//! An EXIF orientation (JPEG, PNG, WebP, TIFF) is applied, as transformers'
+//! `load_image` applies it (`ImageOps.exif_transpose`) to images given as URLs or
+//! base64.
+//!
 //! 16-bit grayscale: PIL would clip every value above 255 to white. We window the
 //! image over its own range instead, `v8 = ((v - min) * 255 + (max - min) / 2) / (max - min)`
 //! in integers (all 0 when the image is flat); 16-bit colour keeps the high byte as PIL does.
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageFormat, ImageReader};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use thiserror::Error;
 
 /// Size limits applied before decoding.
@@ -102,6 +107,16 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb8, ImageError
             limit: limits.max_pixels,
         });
     }
+    let rgb = decode_pixels(bytes, limits, (width, height))?;
+    Ok(upright(rgb, orientation(bytes)))
+}
+
+/// The pixels of an image whose header passed the limits, as stored.
+fn decode_pixels(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    (width, height): (u32, u32),
+) -> Result<Rgb8, ImageError> {
     if image::guess_format(bytes).ok() == Some(ImageFormat::Jpeg) {
         // JPEG decoders fill a cut-off file with grey without a word.
         if !crate::jpeg::is_complete(bytes) {
@@ -119,6 +134,41 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb8, ImageError
     r.limits(l);
     let img = r.decode().map_err(map_err)?;
     Ok(to_rgb(img))
+}
+
+/// The orientation the file's EXIF data gives (none when it has none or it
+/// cannot be read).
+fn orientation(bytes: &[u8]) -> Orientation {
+    reader(bytes)
+        .ok()
+        .and_then(|r| r.into_decoder().ok())
+        .and_then(|mut d| d.orientation().ok())
+        .unwrap_or(Orientation::NoTransforms)
+}
+
+/// The image turned upright as its EXIF orientation says, as transformers'
+/// `load_image` turns it (`PIL.ImageOps.exif_transpose`) before the processor: a
+/// phone photo of a film taken in portrait reaches the model the right way up.
+fn upright(rgb: Rgb8, orientation: Orientation) -> Rgb8 {
+    if orientation == Orientation::NoTransforms || rgb.data.len() != rgb.width * rgb.height * 3 {
+        return rgb;
+    }
+    let (w, h) = (rgb.width as u32, rgb.height as u32);
+    let Some(buffer) = image::RgbImage::from_raw(w, h, rgb.data) else {
+        return Rgb8 {
+            width: 0,
+            height: 0,
+            data: Vec::new(),
+        };
+    };
+    let mut img = DynamicImage::ImageRgb8(buffer);
+    img.apply_orientation(orientation);
+    let out = img.into_rgb8();
+    Rgb8 {
+        width: out.width() as usize,
+        height: out.height() as usize,
+        data: out.into_raw(),
+    }
 }
 
 fn map_err(e: image::ImageError) -> ImageError {

@@ -120,7 +120,10 @@ mod tests {
     /// unwinds through the C code and is caught.
     #[test]
     fn libjpeg_errors_become_image_errors() {
-        for bytes in [&b"\xff\xd8\xff\xd9"[..], b"\xff\xd8\xff\xc0\x00\x02\xff\xd9"] {
+        for bytes in [
+            &b"\xff\xd8\xff\xd9"[..],
+            b"\xff\xd8\xff\xc0\x00\x02\xff\xd9",
+        ] {
             match decode(bytes) {
                 Err(ImageError::Corrupt(msg)) => assert!(!msg.is_empty()),
                 other => panic!("{other:?}"),

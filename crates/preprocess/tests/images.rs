@@ -272,6 +272,67 @@ fn settings_load_from_a_transformers_5_processor_config() {
     assert_eq!(loaded.unwrap(), processor());
 }
 
+/// `jpeg` with an EXIF segment giving `orientation`, right after its SOI marker.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend(8u32.to_le_bytes());
+    tiff.extend(1u16.to_le_bytes());
+    for v in [0x0112u16, 3] {
+        tiff.extend(v.to_le_bytes());
+    }
+    tiff.extend(1u32.to_le_bytes());
+    tiff.extend([orientation.to_le_bytes(), [0, 0]].concat());
+    tiff.extend(0u32.to_le_bytes());
+    let payload = [b"Exif\0\0".to_vec(), tiff].concat();
+    let len = (payload.len() + 2) as u16;
+    [
+        &jpeg[..2],
+        &[0xff, 0xe1],
+        &len.to_be_bytes(),
+        &payload,
+        &jpeg[2..],
+    ]
+    .concat()
+}
+
+/// The EXIF orientation is applied as `PIL.ImageOps.exif_transpose` applies it
+/// (transformers' `load_image`): for each of the eight, the pixel each output
+/// pixel comes from, as checked against PIL on these bytes.
+#[test]
+fn exif_orientation_turns_the_image_upright() {
+    let jpeg = read("photo.jpg");
+    let base = decode(&jpeg).unwrap();
+    let (h, w) = (base.height, base.width);
+    for orientation in 1..=8u16 {
+        let got = decode(&with_exif_orientation(&jpeg, orientation)).unwrap();
+        let turned = orientation >= 5;
+        let dims = if turned { (w, h) } else { (h, w) };
+        assert_eq!((got.height, got.width), dims, "orientation {orientation}");
+        let source = |y: usize, x: usize| match orientation {
+            1 => (y, x),
+            2 => (y, w - 1 - x),
+            3 => (h - 1 - y, w - 1 - x),
+            4 => (h - 1 - y, x),
+            5 => (x, y),
+            6 => (h - 1 - x, y),
+            7 => (h - 1 - x, w - 1 - y),
+            _ => (x, w - 1 - y),
+        };
+        for y in 0..got.height {
+            for x in 0..got.width {
+                let (sy, sx) = source(y, x);
+                let at = (y * got.width + x) * 3;
+                let from = (sy * w + sx) * 3;
+                assert_eq!(
+                    got.data[at..at + 3],
+                    base.data[from..from + 3],
+                    "orientation {orientation} at ({y}, {x})"
+                );
+            }
+        }
+    }
+}
+
 /// One fixture image of each accepted format.
 const EVERY_FORMAT: [&str; 6] = [
     "square.png",
