@@ -50,19 +50,21 @@ struct Marker {
     code: u8,
 }
 
-/// The marker at `at`, after any 0xff fill bytes; `None` at the end of the data
-/// or where there is no marker.
+/// The first marker from `at` on: bytes before it that are not a marker (which
+/// libjpeg skips with a warning, and PIL accepts) and 0xff fill bytes are passed
+/// over; `None` at the end of the data.
 fn next_marker(bytes: &[u8], mut at: usize) -> Option<Marker> {
-    if *bytes.get(at)? != 0xff {
-        return None;
+    loop {
+        at += bytes.get(at..)?.iter().position(|&b| b == 0xff)?;
+        while *bytes.get(at + 1)? == 0xff {
+            at += 1;
+        }
+        let code = bytes[at + 1];
+        if code != 0x00 {
+            return Some(Marker { at, code });
+        }
+        at += 2;
     }
-    while *bytes.get(at + 1)? == 0xff {
-        at += 1;
-    }
-    Some(Marker {
-        at,
-        code: bytes[at + 1],
-    })
 }
 
 /// A segment's length field at `at` (it counts itself), if the whole segment is there.
@@ -110,6 +112,16 @@ mod tests {
         let mut trailing = j.clone();
         trailing.extend([0, 0, 0x42]);
         assert!(is_complete(&trailing));
+    }
+
+    #[test]
+    fn stray_bytes_between_segments_are_passed_over() {
+        let mut j = tiny();
+        // Garbage before the scan's marker, as some writers leave.
+        let sos = j.windows(2).position(|w| w == [0xff, SOS]).unwrap();
+        j.splice(sos..sos, [0x00, 0x13, 0x37]);
+        assert!(is_complete(&j));
+        assert!(!is_complete(&j[..j.len() - 1]));
     }
 
     #[test]
