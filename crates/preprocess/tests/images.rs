@@ -382,6 +382,10 @@ fn every_format_cut_short_is_refused() {
     let mut trailing = jpeg.clone();
     trailing.extend_from_slice(b"trailing bytes after the end marker");
     assert!(decode(&trailing).is_ok());
+    // Stray bytes before a marker: libjpeg warns and decodes, as PIL does.
+    let sos = jpeg.windows(2).position(|w| w == [0xff, 0xda]).unwrap();
+    let stray = [&jpeg[..sos], &[0x00, 0x13, 0x37], &jpeg[sos..]].concat();
+    assert_eq!(decode(&stray), decode(&jpeg));
 }
 
 #[test]
