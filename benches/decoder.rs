@@ -37,6 +37,7 @@ fn bench(c: &mut Criterion) {
         sampling: SamplingParams::greedy(),
         images: Vec::new(),
         block_tables: Vec::new(),
+        cached_prefix: Vec::new(),
     };
     blocks.assign(&mut seq).expect("blocks");
     let batch_of = |tokens: &[u32], start: usize| {

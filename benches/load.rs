@@ -48,6 +48,7 @@ fn requests(n: usize, prompt_len: usize, new: usize, salt: usize) -> Vec<Generat
             },
             max_new_tokens: new,
             arrival: Instant::now(),
+            cache_salt: None,
         })
         .collect()
 }
@@ -91,6 +92,8 @@ fn main() {
             max_waiting: 4 * max_c,
             max_num_batched_tokens: 2048,
             max_model_len: 4096,
+            // Every prompt is computed, as the figures say.
+            prefix_caching: false,
         },
         move || exec,
     );

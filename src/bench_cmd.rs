@@ -123,6 +123,8 @@ fn start_engine(
             max_waiting: max_c + 8,
             max_num_batched_tokens: args.max_num_batched_tokens,
             max_model_len: layout.max_seq_len,
+            // The figures are of computing every prompt.
+            prefix_caching: false,
         },
         move || executor,
     );

@@ -133,6 +133,12 @@ pub struct ServeArgs {
     /// once per batch shape and replayed).
     #[arg(long, env = "MEDGEMMA_ENFORCE_EAGER")]
     pub enforce_eager: bool,
+    /// Compute every prompt in full: no reuse of the KV blocks of earlier requests'
+    /// identical prefixes (by default a repeated system prompt, an earlier turn of
+    /// the conversation or the same image is computed once; requests share cached
+    /// blocks only when their `cache_salt` is the same).
+    #[arg(long, env = "MEDGEMMA_NO_PREFIX_CACHING")]
+    pub no_prefix_caching: bool,
     /// Default seed for requests that give none.
     #[arg(long, env = "MEDGEMMA_SEED")]
     pub seed: Option<u64>,

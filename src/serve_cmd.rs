@@ -150,6 +150,7 @@ fn spawn_loader(args: ServeArgs, state: Arc<AppState>) -> tokio::task::JoinHandl
             max_waiting: args.max_waiting,
             max_num_batched_tokens: args.max_num_batched_tokens.max(1),
             max_model_len,
+            prefix_caching: !args.no_prefix_caching,
         };
         let text = Arc::new(loaded.text);
         let vision = match loaded.executor.model().config.multimodal {

@@ -99,6 +99,7 @@ pub fn request(id: String, prompt: Prompt, max_tokens: usize, eos: &[u32]) -> Ge
         },
         max_new_tokens: max_tokens,
         arrival: Instant::now(),
+        cache_salt: None,
     }
 }
 
@@ -119,14 +120,12 @@ pub fn image_prompt(text: &[u32], images: usize, mm: &MultimodalConfig, rng: &mu
         ));
         token_ids.push(mm.eoi_token_id);
         let pixels: Arc<[f32]> = (0..c * s * s).map(|_| rng.signed_unit()).collect();
-        inputs.push(ImageInput {
+        inputs.push(ImageInput::new(
             pixels,
-            channels: c,
-            height: s,
-            width: s,
+            [c, s, s],
             placeholder_start,
-            placeholder_len: mm.mm_tokens_per_image,
-        });
+            mm.mm_tokens_per_image,
+        ));
     }
     token_ids.extend_from_slice(tail);
     Prompt {

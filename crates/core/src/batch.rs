@@ -22,6 +22,10 @@ pub struct ScheduledSeq {
     /// The sequence's KV blocks, one table per layer group (see `KvLayout::groups`),
     /// covering every token this chunk writes and reads.
     pub block_tables: Vec<BlockTable>,
+    /// The tokens before `start_pos`, sent once with the first chunk of a
+    /// sequence that starts from a cached prefix (the executor never ran them,
+    /// and its sampler's penalties count them); empty otherwise.
+    pub cached_prefix: Vec<u32>,
 }
 
 /// Everything run in one batched forward.

@@ -10,6 +10,12 @@
 
 use thiserror::Error;
 
+mod cached;
+mod free_queue;
+
+use cached::PrefixCache;
+use free_queue::FreeQueue;
+
 /// Index of a block in the pool.
 pub type BlockId = u32;
 
@@ -92,12 +98,18 @@ pub enum BlockError {
     OutOfBlocks { needed: usize, free: usize },
 }
 
-/// Hands out and takes back the pool's blocks.
+/// Hands out and takes back the pool's blocks. A block may be shared by several
+/// sequences (a cached prefix, see `cached.rs`); it returns to the free queue
+/// when the last one lets go, and keeps its cached content until it is taken
+/// again.
 #[derive(Debug, Clone)]
 pub struct BlockManager {
     block_size: usize,
     windows: Vec<Option<usize>>,
-    free: Vec<BlockId>,
+    free: FreeQueue,
+    /// Sequences (and groups) holding each block.
+    refs: Vec<u32>,
+    cache: PrefixCache,
     total: usize,
 }
 
@@ -107,8 +119,9 @@ impl BlockManager {
         Self {
             block_size: layout.block_size.max(1),
             windows: layout.groups.clone(),
-            // Popped from the back: low ids first.
-            free: (0..total as BlockId).rev().collect(),
+            free: FreeQueue::full(total),
+            refs: vec![0; total],
+            cache: PrefixCache::new(total),
             total,
         }
     }
@@ -151,7 +164,9 @@ impl BlockManager {
             let first = self.first_needed(g, len);
             let table = &mut seq.tables[g];
             let drop = first.saturating_sub(table.first).min(table.blocks.len());
-            self.free.extend(table.blocks.drain(..drop));
+            for b in table.blocks.drain(..drop) {
+                Self::release(&mut self.free, &mut self.refs, &self.cache, b);
+            }
             table.first = if table.blocks.is_empty() {
                 table.first.max(first)
             } else {
@@ -182,17 +197,39 @@ impl BlockManager {
         for table in &mut seq.tables {
             while table.end() < last {
                 // Checked above: enough blocks are free.
-                let Some(b) = self.free.pop() else { break };
+                let Some(b) = self.free.pop_front() else {
+                    break;
+                };
+                self.cache.forget(b);
+                self.refs[b as usize] = 1;
                 table.blocks.push(b);
             }
         }
         Ok(())
     }
 
-    /// Returns every block of `seq` to the pool.
+    /// Returns every block of `seq` to the pool (the last blocks first, so that
+    /// of a cached prefix the end is evicted before the start).
     pub fn free(&mut self, seq: &mut SeqBlocks) {
         for table in seq.tables.drain(..) {
-            self.free.extend(table.blocks);
+            for b in table.blocks.into_iter().rev() {
+                Self::release(&mut self.free, &mut self.refs, &self.cache, b);
+            }
+        }
+    }
+
+    /// Drops one holder of `b`; the last one queues it: behind the others when it
+    /// holds a cached prefix, in front when it holds nothing worth keeping.
+    fn release(free: &mut FreeQueue, refs: &mut [u32], cache: &PrefixCache, b: BlockId) {
+        let r = &mut refs[b as usize];
+        *r = r.saturating_sub(1);
+        if *r > 0 || free.contains(b) {
+            return;
+        }
+        if cache.holds(b) {
+            free.push_back(b);
+        } else {
+            free.push_front(b);
         }
     }
 }

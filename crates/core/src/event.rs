@@ -38,6 +38,8 @@ pub struct TokenLogprobs {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens whose KV state came from the prefix cache.
+    pub cached_tokens: usize,
 }
 
 /// One event on a request's stream.

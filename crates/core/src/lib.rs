@@ -7,6 +7,7 @@ pub mod batch;
 pub mod blocks;
 pub mod error;
 pub mod event;
+pub mod prefix;
 pub mod request;
 pub mod sampling;
 
@@ -16,5 +17,6 @@ pub use blocks::{
 };
 pub use error::ExecutorError;
 pub use event::{FinishReason, TokenEvent, TokenLogprobs, Usage};
+pub use prefix::BlockHash;
 pub use request::{GenerateRequest, ImageInput, Prompt, StopCriteria};
 pub use sampling::SamplingParams;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::SamplingParams;
+use crate::{BlockHash, SamplingParams};
 
 /// One preprocessed image: normalized CHW pixels and where its soft tokens sit in the prompt.
 #[derive(Debug, Clone)]
@@ -17,6 +17,30 @@ pub struct ImageInput {
     pub placeholder_start: usize,
     /// Number of soft tokens this image fills.
     pub placeholder_len: usize,
+    /// Hash of the pixels and their shape (`prefix::image_key`), so a prefix
+    /// holding this image's soft tokens is reused only for the same image.
+    pub key: BlockHash,
+}
+
+impl ImageInput {
+    /// An image whose pixels fill the soft tokens `placeholder_start..+placeholder_len`.
+    pub fn new(
+        pixels: Arc<[f32]>,
+        [channels, height, width]: [usize; 3],
+        placeholder_start: usize,
+        placeholder_len: usize,
+    ) -> Self {
+        let key = crate::prefix::image_key(&pixels, channels, height, width);
+        Self {
+            pixels,
+            channels,
+            height,
+            width,
+            placeholder_start,
+            placeholder_len,
+            key,
+        }
+    }
 }
 
 /// The tokenized prompt and its images, in prompt order.
@@ -46,4 +70,7 @@ pub struct GenerateRequest {
     pub stop: StopCriteria,
     pub max_new_tokens: usize,
     pub arrival: Instant,
+    /// Mixed into the prefix-cache hashes: only requests with the same salt
+    /// share cached blocks (and so can time each other's prompts).
+    pub cache_salt: Option<String>,
 }

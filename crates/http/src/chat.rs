@@ -16,7 +16,9 @@ use medgemma_protocol::{unix_time, ChatCompletionRequest};
 
 use crate::access::{with_counts, TokenCounts};
 use crate::error::ApiError;
-use crate::generation::{check_fan_out, sampling_params, submit, Piece, TextStream, TokenInfo};
+use crate::generation::{
+    check_fan_out, sampling_params, submit, Piece, TextStream, TokenInfo, Totals,
+};
 use crate::prompt::{chat_prompt, max_new_tokens};
 use crate::sse::{chunk_event, failed_event, json_event, sse_response, ChoiceEvent};
 use crate::state::AppState;
@@ -117,7 +119,7 @@ pub fn chat_logprobs(tokens: &[TokenInfo], stream: &TextStream) -> ChatLogprobs 
 
 async fn collect(state: &AppState, run: Run) -> Result<ChatCompletion, ApiError> {
     let mut choices = Vec::with_capacity(run.streams.len());
-    let mut completion_tokens = 0;
+    let mut totals = Totals::default();
     for (index, mut s) in run.streams.into_iter().enumerate() {
         let mut text = String::new();
         let mut logprobs = ChatLogprobs::default();
@@ -131,7 +133,7 @@ async fn collect(state: &AppState, run: Run) -> Result<ChatCompletion, ApiError>
                 break f;
             }
         };
-        completion_tokens += s.completion_tokens();
+        totals.add(&s, index == 0);
         state
             .metrics
             .request_latency
@@ -146,14 +148,20 @@ async fn collect(state: &AppState, run: Run) -> Result<ChatCompletion, ApiError>
             finish_reason: Some(finish.as_str().to_string()),
         });
     }
-    tracing::info!(request_id = %run.id, prompt_tokens = run.prompt_tokens, completion_tokens, "chat completion done");
+    tracing::info!(
+        request_id = %run.id,
+        prompt_tokens = run.prompt_tokens,
+        cached_tokens = totals.cached,
+        completion_tokens = totals.completion,
+        "chat completion done"
+    );
     Ok(ChatCompletion {
         id: run.id,
         object: "chat.completion",
         created: unix_time(),
         model: state.model_name.clone(),
         choices,
-        usage: Usage::new(run.prompt_tokens, completion_tokens),
+        usage: Usage::new(run.prompt_tokens, totals.completion, totals.cached),
         system_fingerprint: None,
     })
 }
@@ -168,7 +176,7 @@ struct ChoiceStream {
     logprobs: bool,
     sent_role: bool,
     done: bool,
-    total: Arc<Mutex<usize>>,
+    total: Arc<Mutex<Totals>>,
 }
 
 impl ChoiceStream {
@@ -223,7 +231,7 @@ impl ChoiceStream {
             if finish.is_some() {
                 self.done = true;
                 if let Ok(mut t) = self.total.lock() {
-                    *t += self.stream.completion_tokens();
+                    t.add(&self.stream, self.index == 0);
                 }
                 self.state
                     .metrics
@@ -249,7 +257,7 @@ fn stream_response(
     run: Run,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let created = unix_time();
-    let total = Arc::new(Mutex::new(0usize));
+    let total = Arc::new(Mutex::new(Totals::default()));
     let choices: Vec<_> = run
         .streams
         .into_iter()
@@ -273,14 +281,14 @@ fn stream_response(
         let (id, model, prompt_tokens) =
             (run.id.clone(), state.model_name.clone(), run.prompt_tokens);
         Box::new(move || {
-            let completion = total.lock().map(|t| *t).unwrap_or(0);
+            let t = total.lock().map(|t| *t).unwrap_or_default();
             json_event(&ChatChunk {
                 id,
                 object: "chat.completion.chunk",
                 created,
                 model,
                 choices: vec![],
-                usage: Some(Usage::new(prompt_tokens, completion)),
+                usage: Some(Usage::new(prompt_tokens, t.completion, t.cached)),
             })
         }) as Box<dyn FnOnce() -> Event + Send>
     });

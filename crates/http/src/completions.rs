@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::access::{with_counts, TokenCounts};
 use crate::error::ApiError;
-use crate::generation::{check_fan_out, sampling_params, submit, TextStream, TokenInfo};
+use crate::generation::{check_fan_out, sampling_params, submit, TextStream, TokenInfo, Totals};
 use crate::prompt::max_new_tokens;
 use crate::sse::{chunk_event, failed_event, json_event, sse_response};
 use crate::state::{AppState, Engine};
@@ -60,6 +60,8 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Res
 
 struct Choice {
     stream: TextStream,
+    /// The first of its prompt's `n` choices (which counts the cached tokens).
+    first_of_prompt: bool,
     echo: String,
     /// Where the next token's text starts, for `text_offset`.
     offsets: TextOffsets,
@@ -127,6 +129,7 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
             let stream = TextStream::new(events, engine.text.clone(), req.sampling.stop.clone());
             choices.push(Choice {
                 stream,
+                first_of_prompt: i == 0,
                 offsets: TextOffsets::new(echo.chars().count()),
                 echo: echo.clone(),
             });
@@ -160,7 +163,7 @@ fn legacy_logprobs(tokens: &[TokenInfo], c: &mut Choice) -> CompletionLogprobs {
 
 async fn collect(state: &AppState, run: Run) -> Result<Completion, ApiError> {
     let mut choices = Vec::new();
-    let mut completion_tokens = 0;
+    let mut totals = Totals::default();
     for (index, mut c) in run.choices.into_iter().enumerate() {
         let mut text = c.echo.clone();
         let mut tokens = Vec::new();
@@ -172,7 +175,7 @@ async fn collect(state: &AppState, run: Run) -> Result<Completion, ApiError> {
                 break f;
             }
         };
-        completion_tokens += c.stream.completion_tokens();
+        totals.add(&c.stream, c.first_of_prompt);
         choices.push(CompletionChoice {
             index,
             logprobs: run.req.logprobs.map(|_| legacy_logprobs(&tokens, &mut c)),
@@ -186,7 +189,11 @@ async fn collect(state: &AppState, run: Run) -> Result<Completion, ApiError> {
         created: unix_time(),
         model: state.model_name.clone(),
         choices,
-        usage: Some(Usage::new(run.prompt_tokens, completion_tokens)),
+        usage: Some(Usage::new(
+            run.prompt_tokens,
+            totals.completion,
+            totals.cached,
+        )),
     })
 }
 
@@ -219,7 +226,7 @@ fn stream_response(
     run: Run,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let created = unix_time();
-    let total = Arc::new(Mutex::new(0usize));
+    let total = Arc::new(Mutex::new(Totals::default()));
     let want_lp = run.req.logprobs.is_some();
     let choices: Vec<_> = run
         .choices
@@ -257,7 +264,7 @@ fn stream_response(
                         }
                         if finish.is_some() {
                             if let Ok(mut t) = total.lock() {
-                                *t += c.stream.completion_tokens();
+                                t.add(&c.stream, c.first_of_prompt);
                             }
                         }
                         let lp = want_lp.then(|| legacy_logprobs(&piece.tokens, &mut c));
@@ -276,14 +283,14 @@ fn stream_response(
         let (id, model, prompt_tokens) =
             (run.id.clone(), state.model_name.clone(), run.prompt_tokens);
         Box::new(move || {
-            let completion = total.lock().map(|t| *t).unwrap_or(0);
+            let t = total.lock().map(|t| *t).unwrap_or_default();
             json_event(&Completion {
                 id,
                 object: "text_completion",
                 created,
                 model,
                 choices: vec![],
-                usage: Some(Usage::new(prompt_tokens, completion)),
+                usage: Some(Usage::new(prompt_tokens, t.completion, t.cached)),
             })
         }) as Box<dyn FnOnce() -> Event + Send>
     });

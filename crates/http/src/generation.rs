@@ -88,6 +88,7 @@ pub fn submit(
         },
         max_new_tokens,
         arrival: Instant::now(),
+        cache_salt: v.cache_salt.clone(),
     };
     Ok(engine.scheduler.submit(req)?)
 }
@@ -119,6 +120,7 @@ pub struct TextStream {
     /// Text decoded but not yet emitted (it may begin a stop string).
     held: String,
     generated: usize,
+    cached: usize,
     pub started: Instant,
     pub first_token: Option<Instant>,
     pub last_token: Option<Instant>,
@@ -133,6 +135,7 @@ impl TextStream {
             stop,
             held: String::new(),
             generated: 0,
+            cached: 0,
             started: Instant::now(),
             first_token: None,
             last_token: None,
@@ -193,6 +196,7 @@ impl TextStream {
                 // The engine's count includes an end-of-sequence token, which
                 // has no token event of its own.
                 self.generated = self.generated.max(usage.completion_tokens);
+                self.cached = usage.cached_tokens;
                 let rest = self.detok.finish(&self.text)?;
                 let mut piece = self.release(rest, true, Vec::new());
                 piece.finish = piece.finish.or(Some(reason));
@@ -302,5 +306,28 @@ impl TextStream {
 
     pub fn completion_tokens(&self) -> usize {
         self.generated
+    }
+
+    /// Prompt tokens the engine found in the prefix cache (once finished).
+    pub fn cached_tokens(&self) -> usize {
+        self.cached
+    }
+}
+
+/// Token counts of a request's choices, as they finish.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub completion: usize,
+    pub cached: usize,
+}
+
+impl Totals {
+    /// Adds a finished choice; the cached prompt tokens count once per prompt
+    /// (from its first choice), as the prompt tokens do.
+    pub fn add(&mut self, stream: &TextStream, first_of_prompt: bool) {
+        self.completion += stream.completion_tokens();
+        if first_of_prompt {
+            self.cached += stream.cached_tokens();
+        }
     }
 }

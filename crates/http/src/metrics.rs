@@ -174,6 +174,16 @@ fn render_stats(out: &mut String, s: &SchedulerStats) {
             "Running sequences preempted for KV blocks (recomputed later).",
             SchedulerStats::count(&s.preemptions),
         ),
+        (
+            "medgemma_prefix_cache_queries_total",
+            "Tokens of the sequences started (looked up in the prefix cache).",
+            SchedulerStats::count(&s.prefix_cache_queries),
+        ),
+        (
+            "medgemma_prefix_cache_hits_total",
+            "Tokens of the sequences started that came from the prefix cache.",
+            SchedulerStats::count(&s.prefix_cache_hits),
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(

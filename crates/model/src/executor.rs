@@ -122,11 +122,18 @@ impl CandleExecutor {
                 observed: 0,
             });
             if !state.sampled_any {
-                let skip = state
-                    .observed
-                    .saturating_sub(s.start_pos)
-                    .min(s.tokens.len());
-                state.sampler.observe_prompt(&s.tokens[skip..]);
+                // The prompt from `from` on: a cached prefix the sequence skipped,
+                // then this chunk.
+                let from = s.start_pos.saturating_sub(s.cached_prefix.len());
+                let skip = state.observed.saturating_sub(from);
+                let unseen: Vec<u32> = s
+                    .cached_prefix
+                    .iter()
+                    .chain(&s.tokens)
+                    .skip(skip)
+                    .copied()
+                    .collect();
+                state.sampler.observe_prompt(&unseen);
                 state.observed = state.observed.max(s.start_pos + s.tokens.len());
             }
             let i = batch.push(&s.tokens, s.start_pos, s.sample);

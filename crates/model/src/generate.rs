@@ -72,6 +72,7 @@ pub fn generate_with_images(
             sampling: sampling.clone(),
             images: std::mem::take(&mut images),
             block_tables: Vec::new(),
+            cached_prefix: Vec::new(),
         };
         blocks
             .assign(&mut seq)

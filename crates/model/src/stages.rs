@@ -53,6 +53,7 @@ impl<'a> Prefill<'a> {
             sampling: SamplingParams::greedy(),
             images: Vec::new(),
             block_tables: Vec::new(),
+            cached_prefix: Vec::new(),
         };
         DirectBlocks::new(&pool.layout(len))
             .assign(&mut seq)

@@ -101,6 +101,8 @@ fn run_batched(
             max_waiting: 100,
             max_num_batched_tokens: 256,
             max_model_len: longest,
+            // Preempted sequences come back through their own cached blocks.
+            prefix_caching: true,
         },
         move || exec,
     );
@@ -117,6 +119,7 @@ fn run_batched(
                 stop: StopCriteria::default(),
                 max_new_tokens: c.max_new,
                 arrival: Instant::now(),
+                cache_salt: None,
             })
             .unwrap()
         })

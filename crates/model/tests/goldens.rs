@@ -181,6 +181,7 @@ fn batched_forward_equals_single_sequences() {
                     sampling: params.clone(),
                     images: Vec::new(),
                     block_tables: Vec::new(),
+                    cached_prefix: Vec::new(),
                 };
                 blocks.assign(&mut seq).unwrap();
                 seqs.push(seq);
@@ -227,6 +228,7 @@ fn chunked_prefill_equals_one_prefill() {
             sampling: params.clone(),
             images: Vec::new(),
             block_tables: Vec::new(),
+            cached_prefix: Vec::new(),
         };
         blocks.assign(&mut seq).unwrap();
         start += chunk.len();

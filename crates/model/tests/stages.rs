@@ -21,6 +21,7 @@ fn block_tables(pool: &KvPool, ids: &[u32]) -> Vec<BlockTable> {
         sampling: SamplingParams::greedy(),
         images: Vec::new(),
         block_tables: Vec::new(),
+        cached_prefix: Vec::new(),
     };
     DirectBlocks::new(&pool.layout(ids.len()))
         .assign(&mut seq)

@@ -101,6 +101,7 @@ fn prefill_logits(m: &Gemma3, p: &image_common::ImagePrompt, groups: Option<Vec<
         sampling: SamplingParams::greedy(),
         images: Vec::new(),
         block_tables: Vec::new(),
+        cached_prefix: Vec::new(),
     };
     DirectBlocks::new(&pool.layout(1024))
         .assign(&mut seq)
@@ -191,6 +192,7 @@ fn batched_requests_with_images_equal_goldens() {
             sampling: params.clone(),
             images: image_inputs(p, &pixels, tok),
             block_tables: Vec::new(),
+            cached_prefix: Vec::new(),
         })
         .collect();
     let mut got = vec![Vec::new(); seqs.len()];
@@ -224,6 +226,7 @@ fn one_image_seq(m: &Gemma3) -> ScheduledSeq {
         sampling: SamplingParams::greedy(),
         images: image_inputs(p, &pixel_values(), image_token(m)),
         block_tables: Vec::new(),
+        cached_prefix: Vec::new(),
     }
 }
 

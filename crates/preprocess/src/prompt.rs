@@ -141,13 +141,8 @@ impl ImageTokens {
         let images = runs
             .into_iter()
             .zip(flat)
-            .map(|((start, len), img)| ImageInput {
-                pixels: img.pixels,
-                channels: 3,
-                height: img.height,
-                width: img.width,
-                placeholder_start: start,
-                placeholder_len: len,
+            .map(|((start, len), img)| {
+                ImageInput::new(img.pixels, [3, img.height, img.width], start, len)
             })
             .collect();
         Ok(Prompt { token_ids, images })

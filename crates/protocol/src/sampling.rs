@@ -31,6 +31,7 @@ pub struct SamplingFields {
     pub ignore_eos: Option<bool>,
     pub min_tokens: Option<i64>,
     pub user: Option<String>,
+    pub cache_salt: Option<String>,
 }
 
 /// Checked sampling values; `None` where the request left the server's default.
@@ -50,6 +51,8 @@ pub struct ValidSampling {
     pub logit_bias: Vec<(u32, f32)>,
     pub ignore_eos: bool,
     pub min_tokens: usize,
+    /// Only requests with the same salt share prefix-cache blocks.
+    pub cache_salt: Option<String>,
 }
 
 pub const MAX_N: i64 = 16;
@@ -125,7 +128,14 @@ impl SamplingFields {
             Some(m) => m as usize,
             None => 0,
         };
+        if self.cache_salt.as_deref() == Some("") {
+            return Err(ProtocolError::param(
+                "cache_salt",
+                "'cache_salt' must be a non-empty string when given",
+            ));
+        }
         Ok(ValidSampling {
+            cache_salt: self.cache_salt.clone(),
             max_tokens: max_tokens.map(|(_, v)| v as usize),
             temperature: range("temperature", self.temperature, 0.0, 2.0)?,
             top_p,

@@ -31,11 +31,14 @@ pub(crate) struct Engine<E: Executor> {
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
     stopping: bool,
+    block_size: usize,
 }
 
 impl<E: Executor> Engine<E> {
     pub fn new(config: SchedulerConfig, executor: E, stats: Arc<SchedulerStats>) -> Self {
-        let blocks = BlockManager::new(&executor.kv_layout());
+        let layout = executor.kv_layout();
+        let mut blocks = BlockManager::new(&layout);
+        blocks.set_prefix_caching(config.prefix_caching);
         SchedulerStats::set(&stats.kv_blocks_total, blocks.total());
         Self {
             config,
@@ -45,6 +48,7 @@ impl<E: Executor> Engine<E> {
             waiting: VecDeque::new(),
             running: Vec::new(),
             stopping: false,
+            block_size: layout.block_size.max(1),
         }
     }
 
@@ -75,7 +79,8 @@ impl<E: Executor> Engine<E> {
     fn receive(&mut self, msg: Incoming) {
         match msg {
             Incoming::Request { id, req, tx } => {
-                self.waiting.push_back(Sequence::new(id, *req, tx))
+                let seq = Sequence::new(id, *req, tx, self.block_size);
+                self.waiting.push_back(seq)
             }
             Incoming::Shutdown => self.stopping = true,
         }
@@ -161,7 +166,7 @@ impl<E: Executor> Engine<E> {
             i += 1;
         }
         while budget > 0 && self.running.len() < self.config.max_num_seqs {
-            let Some(seq) = self.waiting.front() else {
+            let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
             // Leave a few blocks for the running sequences' next tokens.
@@ -170,29 +175,50 @@ impl<E: Executor> Engine<E> {
             } else {
                 self.watermark()
             };
+            self.reuse_cached_prefix(&mut seq);
             let avail = self.blocks.free_blocks().saturating_sub(reserve);
-            let Some(chunk) = self.fitting_chunk(seq, budget, avail) else {
-                break;
-            };
-            let Some(mut seq) = self.waiting.pop_front() else {
-                break;
-            };
-            let end = chunk.start_pos + chunk.tokens.len();
-            if self
-                .blocks
-                .extend(&mut seq.blocks, chunk.start_pos, end)
-                .is_err()
-            {
+            let chunk = self.fitting_chunk(&seq, budget, avail).filter(|c| {
+                let end = c.start_pos + c.tokens.len();
+                self.blocks
+                    .extend(&mut seq.blocks, c.start_pos, end)
+                    .is_ok()
+            });
+            let Some(chunk) = chunk else {
+                // Not now: the cached blocks go back to the cache.
+                self.blocks.free(&mut seq.blocks);
+                seq.computed = 0;
                 self.waiting.push_front(seq);
                 break;
-            }
+            };
+            self.count_admission(&seq);
             budget = budget.saturating_sub(chunk.tokens.len());
+            if seq.preemptions == 0 {
+                seq.cached_tokens = seq.computed;
+            }
             self.running.push(seq);
             batch
                 .seqs
                 .push(self.with_tables(self.running.len() - 1, chunk));
         }
         batch
+    }
+
+    /// Starts a waiting sequence after the longest prefix of it the cache holds
+    /// (blocks of earlier requests with the same tokens, images and salt).
+    fn reuse_cached_prefix(&mut self, seq: &mut Sequence) {
+        let mut blocks = std::mem::take(&mut seq.blocks);
+        let reused = self
+            .blocks
+            .reuse_prefix(&mut blocks, &seq.hashes, |k| seq.may_start_at(k));
+        seq.blocks = blocks;
+        seq.computed = reused;
+        seq.unsent_prefix = reused;
+        seq.registered = reused / self.block_size;
+    }
+
+    fn count_admission(&self, seq: &Sequence) {
+        SchedulerStats::add(&self.stats.prefix_cache_queries, seq.tokens.len() as u64);
+        SchedulerStats::add(&self.stats.prefix_cache_hits, seq.computed as u64);
     }
 
     /// The longest next chunk of `seq` within `budget` tokens whose blocks fit in
@@ -255,6 +281,7 @@ impl<E: Executor> Engine<E> {
         let mut seq = self.running.remove(i);
         self.blocks.free(&mut seq.blocks);
         seq.computed = 0;
+        seq.unsent_prefix = 0;
         seq.preemptions += 1;
         SchedulerStats::add(&self.stats.preemptions, 1);
         tracing::debug!(seq = seq.id, "preempted: KV blocks exhausted");
@@ -295,6 +322,13 @@ impl<E: Executor> Engine<E> {
             let n = prompt_done - seq.prompt_counted;
             SchedulerStats::add(&self.stats.prompt_tokens, n as u64);
             seq.prompt_counted = prompt_done;
+        }
+        seq.unsent_prefix = 0;
+        let full = (seq.computed / self.block_size).min(seq.hashes.len());
+        if full > seq.registered {
+            self.blocks
+                .register(&seq.blocks, &seq.hashes[..full], seq.registered);
+            seq.registered = full;
         }
         self.blocks.trim(&mut seq.blocks, seq.computed);
         let Some(token) = token else { return };

@@ -22,6 +22,8 @@ pub struct SchedulerConfig {
     pub max_num_batched_tokens: usize,
     /// Longest sequence (prompt plus output).
     pub max_model_len: usize,
+    /// Reuse the KV blocks of earlier requests' identical prefixes.
+    pub prefix_caching: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -31,6 +33,7 @@ impl Default for SchedulerConfig {
             max_waiting: 256,
             max_num_batched_tokens: 2048,
             max_model_len: 8192,
+            prefix_caching: true,
         }
     }
 }

@@ -39,5 +39,6 @@ pub(crate) fn next_chunk(seq: &Sequence, budget: usize) -> Option<ScheduledSeq> 
         sampling: seq.req.sampling.clone(),
         images,
         block_tables: Vec::new(),
+        cached_prefix: seq.tokens[..start.min(seq.unsent_prefix)].to_vec(),
     })
 }

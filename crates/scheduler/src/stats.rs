@@ -19,6 +19,9 @@ pub struct SchedulerStats {
     pub kv_blocks_used: AtomicUsize,
     /// Running sequences whose blocks were taken back (recomputed later).
     pub preemptions: AtomicU64,
+    /// Tokens of the sequences started, and those of them found in the prefix cache.
+    pub prefix_cache_queries: AtomicU64,
+    pub prefix_cache_hits: AtomicU64,
 }
 
 impl SchedulerStats {

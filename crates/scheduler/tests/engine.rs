@@ -1,136 +1,13 @@
 //! The engine loop on a fake executor: no model.
 
+mod common;
+
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use medgemma_core::{
-    Executor, ExecutorError, FinishReason, GenerateRequest, KvLayout, Prompt, SamplingParams,
-    SeqId, SeqOutput, StepBatch, StepOutput, StopCriteria, TokenEvent,
-};
+use common::{collect, config, request, Fake};
+use medgemma_core::{FinishReason, SeqId, StepBatch};
 use medgemma_scheduler::{SchedulerConfig, SchedulerHandle, SchedulerStats, SubmitError};
-
-/// Emits `last token + 1`; records every batch it ran; checks that positions are
-/// contiguous (or restart at 0 after a preemption), that block tables hold every
-/// slot a chunk writes and reads, and that no block serves two sequences at once.
-#[derive(Clone)]
-struct Fake {
-    log: Arc<Mutex<Vec<StepBatch>>>,
-    held: Arc<Mutex<HashMap<SeqId, usize>>>,
-    layout: KvLayout,
-}
-
-impl Default for Fake {
-    fn default() -> Self {
-        Self::with_pool(10_000, vec![None])
-    }
-}
-
-impl Fake {
-    fn with_pool(num_blocks: usize, groups: Vec<Option<usize>>) -> Self {
-        Self {
-            log: Arc::default(),
-            held: Arc::default(),
-            layout: KvLayout {
-                max_seq_len: 1000,
-                block_size: 4,
-                num_blocks,
-                groups,
-                bytes_per_block: 1,
-            },
-        }
-    }
-
-    fn check_tables(&self, batch: &StepBatch) {
-        let bs = self.layout.block_size;
-        let mut owners: HashMap<u32, SeqId> = HashMap::new();
-        for s in &batch.seqs {
-            assert_eq!(s.block_tables.len(), self.layout.groups.len());
-            let end = s.start_pos + s.tokens.len();
-            for (table, window) in s.block_tables.iter().zip(&self.layout.groups) {
-                let first = window.map_or(0, |w| s.start_pos.saturating_sub(w - 1));
-                for pos in first..end {
-                    let slot = table.slot(pos, bs);
-                    assert!(slot.is_some(), "seq {} lacks position {pos}", s.seq_id);
-                    assert!(slot.unwrap() < self.layout.num_blocks * bs);
-                }
-                for &b in &table.blocks {
-                    let owner = owners.insert(b, s.seq_id);
-                    assert!(owner.is_none(), "block {b} given to two sequences");
-                }
-            }
-        }
-    }
-}
-
-impl Executor for Fake {
-    fn step(&mut self, batch: &StepBatch) -> Result<StepOutput, ExecutorError> {
-        self.check_tables(batch);
-        self.log.lock().unwrap().push(batch.clone());
-        let mut held = self.held.lock().unwrap();
-        let outputs = batch
-            .seqs
-            .iter()
-            .map(|s| {
-                let n = held.entry(s.seq_id).or_default();
-                assert!(
-                    *n == s.start_pos || s.start_pos == 0,
-                    "positions are contiguous or restart after a preemption"
-                );
-                *n = s.start_pos + s.tokens.len();
-                SeqOutput {
-                    seq_id: s.seq_id,
-                    token: s.sample.then(|| s.tokens.last().unwrap() + 1),
-                    logprobs: None,
-                }
-            })
-            .collect();
-        Ok(StepOutput { outputs })
-    }
-    fn release(&mut self, seq: SeqId) {
-        self.held.lock().unwrap().remove(&seq);
-    }
-    fn kv_layout(&self) -> KvLayout {
-        self.layout.clone()
-    }
-}
-
-fn request(prompt: Vec<u32>, max_new: usize, stop: Vec<u32>) -> GenerateRequest {
-    GenerateRequest {
-        id: "r".into(),
-        prompt: Prompt {
-            token_ids: prompt,
-            images: vec![],
-        },
-        sampling: SamplingParams::greedy(),
-        stop: StopCriteria {
-            stop_token_ids: stop,
-            ..Default::default()
-        },
-        max_new_tokens: max_new,
-        arrival: Instant::now(),
-    }
-}
-
-fn collect(mut s: medgemma_scheduler::EventStream) -> (Vec<u32>, FinishReason) {
-    let mut ids = vec![];
-    loop {
-        match s.blocking_next().expect("stream ends with Finished") {
-            TokenEvent::Token { id, .. } => ids.push(id),
-            TokenEvent::Finished { reason, .. } => return (ids, reason),
-            TokenEvent::Failed(e) => panic!("{e}"),
-        }
-    }
-}
-
-fn config(budget: usize) -> SchedulerConfig {
-    SchedulerConfig {
-        max_num_seqs: 4,
-        max_waiting: 100,
-        max_num_batched_tokens: budget,
-        max_model_len: 100,
-    }
-}
 
 #[test]
 fn generates_until_length_or_stop_token() {
@@ -223,6 +100,7 @@ fn random_joins_leaves_and_cancels_leak_nothing() {
             max_waiting: 10_000,
             max_num_batched_tokens: 16,
             max_model_len: 200,
+            prefix_caching: true,
         },
         move || f,
     );
@@ -275,6 +153,10 @@ fn random_joins_leaves_and_cancels_leak_nothing() {
     assert!(
         SchedulerStats::count(&stats.preemptions) > 0,
         "the pool was small enough to preempt"
+    );
+    assert!(
+        SchedulerStats::count(&stats.prefix_cache_hits) > 0,
+        "the prompts share prefixes: some came from the cache"
     );
     h.shutdown();
     for batch in fake.log.lock().unwrap().iter() {

@@ -132,14 +132,7 @@ pub fn image_inputs(
             let t = &pixels[key];
             let (c, h, w) = t.dims3().unwrap();
             let data: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-            ImageInput {
-                pixels: Arc::from(data),
-                channels: c,
-                height: h,
-                width: w,
-                placeholder_start: start,
-                placeholder_len: len,
-            }
+            ImageInput::new(Arc::from(data), [c, h, w], start, len)
         })
         .collect()
 }
