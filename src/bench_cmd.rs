@@ -4,7 +4,8 @@
 //! Per concurrency level: a warm-up round, then that many requests of random prompt
 //! tokens submitted at once, each generating exactly `--max-tokens` tokens. With a
 //! multimodal config and `--images N`, also the time to first token of one request
-//! carrying N images against the same amount of text alone.
+//! carrying N images against the same amount of text alone, and of a follow-up
+//! question on the same images (served from the prefix cache).
 
 mod level_json;
 mod mem;
@@ -123,8 +124,9 @@ fn start_engine(
             max_waiting: max_c + 8,
             max_num_batched_tokens: args.max_num_batched_tokens,
             max_model_len: layout.max_seq_len,
-            // The figures are of computing every prompt.
-            prefix_caching: false,
+            // Random prompts share no block, so the levels compute every prompt;
+            // only the image follow-up is meant to find its earlier request.
+            prefix_caching: true,
         },
         move || executor,
     );
@@ -196,7 +198,8 @@ fn check_args(args: &BenchArgs, cfg: &ModelConfig) -> Result<usize> {
                 args.max_num_batched_tokens
             );
         }
-        needed = needed.max(len + 1);
+        // The follow-up carries as much text again.
+        needed = needed.max(len + IMAGE_TEXT_TOKENS + 1);
     }
     let limit = cfg.text.max_position_embeddings;
     if needed > limit {
@@ -238,7 +241,9 @@ fn measure_level(
 
 /// TTFT of one request with `images` random images plus text against the same
 /// amount of text alone (fresh random tokens and pixels for every request, so no
-/// cache can answer); `None` without a vision tower or images.
+/// cache can answer), and of a follow-up question on the same images: that
+/// request again with more text, its earlier tokens and images in the prefix
+/// cache; `None` without a vision tower or images.
 fn image_ttft(
     handle: &SchedulerHandle,
     cfg: &ModelConfig,
@@ -249,40 +254,50 @@ fn image_ttft(
     let Some(mm) = cfg.multimodal.as_ref().filter(|_| images > 0) else {
         return Ok(None);
     };
-    let mut one = |with_images: bool| -> Result<f64> {
+    let eos = &cfg.eos_token_ids;
+    let mut fresh = |with_images: bool| -> Prompt {
         let text = pool.prompt(rng, IMAGE_TEXT_TOKENS);
-        let prompt = if with_images {
+        if with_images {
             workload::image_prompt(&text, images, mm, rng)
         } else {
             Prompt {
                 token_ids: text,
                 images: Vec::new(),
             }
-        };
-        let req = workload::request("bench-image".into(), prompt, 1, &cfg.eos_token_ids);
-        let traces = level::run(handle, vec![req]);
-        let trace = traces.first().context("no trace for the image request")?;
-        match (&trace.finish, trace.tokens.first()) {
-            (Err(e), _) => bail!("the image TTFT request failed: {e}"),
-            (Ok(_), Some(&at)) => Ok(at.duration_since(trace.submitted).as_secs_f64() * 1e3),
-            (Ok(_), None) => bail!("the image TTFT request finished without a token"),
         }
     };
-    one(true)?;
-    one(false)?;
-    let (mut with, mut without) = (Vec::new(), Vec::new());
+    first_token_ms(handle, fresh(true), eos)?;
+    first_token_ms(handle, fresh(false), eos)?;
+    let (mut with, mut without, mut follow_up) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..IMAGE_REPEATS {
-        with.push(one(true)?);
-        without.push(one(false)?);
+        let asked = fresh(true);
+        with.push(first_token_ms(handle, asked.clone(), eos)?);
+        without.push(first_token_ms(handle, fresh(false), eos)?);
+        let mut again = asked;
+        again.token_ids.extend(fresh(false).token_ids);
+        follow_up.push(first_token_ms(handle, again, eos)?);
     }
     Ok(Some(ImageTtft {
         images,
         text_tokens: IMAGE_TEXT_TOKENS,
         with_images_ms: median(with),
         text_only_ms: median(without),
+        follow_up_ms: median(follow_up),
         repetitions: IMAGE_REPEATS,
         vision_ms: None,
     }))
+}
+
+/// Milliseconds from submitting a one-token request to its token.
+fn first_token_ms(handle: &SchedulerHandle, prompt: Prompt, eos: &[u32]) -> Result<f64> {
+    let req = workload::request("bench-image".into(), prompt, 1, eos);
+    let traces = level::run(handle, vec![req]);
+    let trace = traces.first().context("no trace for the image request")?;
+    match (&trace.finish, trace.tokens.first()) {
+        (Err(e), _) => bail!("the image TTFT request failed: {e}"),
+        (Ok(_), Some(&at)) => Ok(at.duration_since(trace.submitted).as_secs_f64() * 1e3),
+        (Ok(_), None) => bail!("the image TTFT request finished without a token"),
+    }
 }
 
 /// Milliseconds the vision tower and projector take on `images` random images

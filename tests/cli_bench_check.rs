@@ -66,6 +66,11 @@ fn bench_on_a_tiny_config_measures_every_level_and_the_image_request() {
     let image = &doc["image_ttft"];
     assert_eq!(image["images"], 1);
     assert!(image["with_images_ms"].as_f64().unwrap() > 0.0, "{image}");
+    assert!(image["follow_up_ms"].as_f64().unwrap() > 0.0, "{image}");
+    assert!(
+        stdout.contains("a follow-up on the same image(s)"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -16,6 +16,8 @@ pub struct ImageTtft {
     /// Median over the repetitions, milliseconds.
     pub with_images_ms: f64,
     pub text_only_ms: f64,
+    /// The same request again with as much text more (its prefix cached).
+    pub follow_up_ms: f64,
     pub repetitions: usize,
     /// The vision tower and projector alone on as many images, milliseconds.
     pub vision_ms: Option<f64>,
@@ -28,6 +30,7 @@ impl ImageTtft {
             "text_tokens": self.text_tokens,
             "with_images_ms": self.with_images_ms,
             "text_only_ms": self.text_only_ms,
+            "follow_up_ms": self.follow_up_ms,
             "repetitions": self.repetitions,
             "vision_alone_ms": self.vision_ms,
         })
@@ -111,6 +114,11 @@ pub fn print_table(
             "TTFT with {} image(s) + {} text tokens: {:.1} ms; the {} text tokens alone: {:.1} ms (median of {})",
             i.images, i.text_tokens, i.with_images_ms, i.text_tokens, i.text_only_ms, i.repetitions
         )?;
+        writeln!(
+            out,
+            "  a follow-up on the same image(s), {} more text tokens (earlier prompt cached): {:.1} ms",
+            i.text_tokens, i.follow_up_ms
+        )?;
         if let Some(v) = i.vision_ms {
             writeln!(
                 out,
@@ -170,7 +178,8 @@ pub fn definitions() -> Value {
         "ttft_ms": "submission to first token, per request",
         "itl_ms": "time between consecutive tokens of a request",
         "peak_memory_bytes": "CUDA: peak of total - free device memory during the level (whole GPU); CPU: the process's peak resident set so far (VmHWM)",
-        "requests": "all submitted at once; greedy; end-of-sequence ignored, so each generates exactly max_tokens",
+        "requests": "all submitted at once; greedy; end-of-sequence ignored, so each generates exactly max_tokens; random prompts, so none finds another's blocks in the prefix cache",
+        "image_ttft.follow_up_ms": "time to first token of a with-images request sent again with as many text tokens more, its earlier tokens and images served from the prefix cache",
     })
 }
 
