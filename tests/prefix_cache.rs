@@ -105,6 +105,7 @@ fn repeated_text_and_image_prompts_reuse_their_blocks_with_the_same_numbers() {
         }
     }
     assert!(server.metric("medgemma_prefix_cache_hits_total") > 0.0);
+    assert!(server.metric("medgemma_kv_blocks_cached") > 0.0);
     assert!(
         server.metric("medgemma_prefix_cache_queries_total")
             > server.metric("medgemma_prefix_cache_hits_total")

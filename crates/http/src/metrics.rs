@@ -139,6 +139,11 @@ fn render_stats(out: &mut String, s: &SchedulerStats) {
             "KV cache blocks held by sequences.",
             SchedulerStats::get(&s.kv_blocks_used),
         ),
+        (
+            "medgemma_kv_blocks_cached",
+            "KV blocks holding a cached prefix, in use or free (reusable until taken).",
+            SchedulerStats::get(&s.kv_blocks_cached),
+        ),
     ];
     for (name, help, v) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -90,6 +90,7 @@ impl<E: Executor> Engine<E> {
         SchedulerStats::set(&self.stats.waiting, self.waiting.len());
         SchedulerStats::set(&self.stats.running, self.running.len());
         SchedulerStats::set(&self.stats.kv_blocks_used, self.blocks.used_blocks());
+        SchedulerStats::set(&self.stats.kv_blocks_cached, self.blocks.cached_blocks());
         SchedulerStats::set(&self.stats.active_kv_sequences, self.running.len());
     }
 

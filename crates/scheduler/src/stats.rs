@@ -17,6 +17,8 @@ pub struct SchedulerStats {
     /// KV blocks in the pool, and those held by sequences.
     pub kv_blocks_total: AtomicUsize,
     pub kv_blocks_used: AtomicUsize,
+    /// Blocks holding a cached prefix (in use or free, reusable until taken).
+    pub kv_blocks_cached: AtomicUsize,
     /// Running sequences whose blocks were taken back (recomputed later).
     pub preemptions: AtomicU64,
     /// Tokens of the sequences started, and those of them found in the prefix cache.
