@@ -112,6 +112,7 @@ fn start_engine(
         max_num_seqs: max_c,
         max_model_len: Some(needed_len),
         max_num_batched_tokens: args.max_num_batched_tokens,
+        encoder_cache_bytes: KvCacheConfig::default().encoder_cache_bytes,
     };
     let executor = CandleExecutor::new(model, &kv)
         .context("allocating the KV cache")?

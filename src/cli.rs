@@ -139,6 +139,10 @@ pub struct ServeArgs {
     /// blocks only when their `cache_salt` is the same).
     #[arg(long, env = "MEDGEMMA_NO_PREFIX_CACHING")]
     pub no_prefix_caching: bool,
+    /// Bytes of image features kept on the device for reuse, so the same image in
+    /// another request skips the vision tower (0 keeps none).
+    #[arg(long, env = "MEDGEMMA_ENCODER_CACHE_BYTES", default_value_t = 64 << 20)]
+    pub encoder_cache_bytes: u64,
     /// Default seed for requests that give none.
     #[arg(long, env = "MEDGEMMA_SEED")]
     pub seed: Option<u64>,

@@ -142,6 +142,7 @@ fn spawn_loader(args: ServeArgs, state: Arc<AppState>) -> tokio::task::JoinHandl
             max_num_seqs: args.max_num_seqs.max(1),
             max_model_len: args.max_model_len,
             max_num_batched_tokens: args.max_num_batched_tokens.max(1),
+            encoder_cache_bytes: args.encoder_cache_bytes,
         })?;
         let max_model_len = loaded.executor.kv_layout().max_seq_len;
         let vocab_size = loaded.executor.model().config.text.vocab_size;

@@ -7,17 +7,26 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 
 use medgemma_core::{
-    Executor, ExecutorError, KvLayout, ScheduledSeq, SeqId, SeqOutput, StepBatch, StepOutput,
+    Executor, ExecutorError, ImageInput, KvLayout, ScheduledSeq, SeqId, SeqOutput, StepBatch,
+    StepOutput,
 };
 
 use crate::batch::ForwardBatch;
 use crate::decode_graph::{DecodeGraphs, DecodeReplay};
+use crate::encoder_cache::EncoderCache;
 use crate::error::ModelError;
 use crate::image_plan::{self, StepImages};
 use crate::kv::KvPool;
 use crate::kv_budget::{plan_for_device, KvCacheConfig};
 use crate::model::Gemma3;
 use crate::sampling::Sampler;
+
+/// A step's images: the features the encoder cache holds (in step order), and
+/// the pixels of the others, to encode.
+struct ToEncode {
+    cached: Vec<Option<Tensor>>,
+    pixels: Option<Tensor>,
+}
 
 struct SeqState {
     sampler: Sampler,
@@ -33,6 +42,8 @@ pub struct CandleExecutor {
     seqs: HashMap<SeqId, SeqState>,
     max_num_seqs: usize,
     graphs: DecodeGraphs,
+    encoder: EncoderCache,
+    encoded: u64,
 }
 
 impl CandleExecutor {
@@ -63,6 +74,10 @@ impl CandleExecutor {
             seqs: HashMap::new(),
             max_num_seqs: kv.max_num_seqs,
             graphs,
+            encoder: EncoderCache::new(
+                usize::try_from(kv.encoder_cache_bytes).unwrap_or(usize::MAX),
+            ),
+            encoded: 0,
         })
     }
 
@@ -70,6 +85,17 @@ impl CandleExecutor {
     pub fn with_decode_replay(mut self, mode: DecodeReplay) -> Self {
         self.graphs = DecodeGraphs::new(mode, self.model.text.device(), self.max_num_seqs);
         self
+    }
+
+    /// Keeps up to `bytes` of image features for reuse (0: none).
+    pub fn with_encoder_cache(mut self, bytes: usize) -> Self {
+        self.encoder = EncoderCache::new(bytes);
+        self
+    }
+
+    /// Images the vision tower encoded, and those served from the encoder cache.
+    pub fn images_encoded(&self) -> (u64, u64) {
+        (self.encoded, self.encoder.hits())
     }
 
     /// Decode steps captured for replay so far.
@@ -92,8 +118,11 @@ impl CandleExecutor {
         self.seqs.len()
     }
 
-    fn prepare(&mut self, seqs: &[ScheduledSeq]) -> Result<ForwardBatch, ExecutorError> {
-        let mut batch = ForwardBatch::default();
+    /// Checks every sequence of the step before any state changes: one that
+    /// cannot run is named, so the scheduler fails it alone.
+    fn validate(&self, seqs: &[ScheduledSeq], images: &StepImages) -> Result<(), ExecutorError> {
+        let bad = |seq, msg: String| ExecutorError::InvalidSequence { seq, msg };
+        let vocab = self.model.config.text.vocab_size;
         for (i, s) in seqs.iter().enumerate() {
             if seqs[..i].iter().any(|o| o.seq_id == s.seq_id) {
                 return Err(ExecutorError::InvalidBatch(format!(
@@ -102,20 +131,36 @@ impl CandleExecutor {
                 )));
             }
             if s.tokens.is_empty() {
-                return Err(ExecutorError::InvalidBatch(format!(
-                    "sequence {} has no tokens",
-                    s.seq_id
-                )));
+                return Err(bad(s.seq_id, "no tokens".into()));
             }
             if s.block_tables.len() != self.layout.groups.len() {
-                return Err(ExecutorError::InvalidBatch(format!(
-                    "sequence {} has {} block tables for {} KV groups",
+                return Err(bad(
                     s.seq_id,
-                    s.block_tables.len(),
-                    self.layout.groups.len()
-                )));
+                    format!(
+                        "{} block tables for {} KV groups",
+                        s.block_tables.len(),
+                        self.layout.groups.len()
+                    ),
+                ));
             }
-            self.check_tokens(&s.tokens)?;
+            if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(bad(
+                    s.seq_id,
+                    format!("token id {t} is outside the vocabulary ({vocab})"),
+                ));
+            }
+        }
+        if let Some(vision) = &self.model.vision {
+            for (img, &owner) in images.images.iter().zip(&images.owners) {
+                vision.check(img).map_err(|msg| bad(owner, msg))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn prepare(&mut self, seqs: &[ScheduledSeq]) -> ForwardBatch {
+        let mut batch = ForwardBatch::default();
+        for s in seqs {
             let state = self.seqs.entry(s.seq_id).or_insert_with(|| SeqState {
                 sampler: Sampler::new(s.sampling.clone()),
                 sampled_any: false,
@@ -139,12 +184,12 @@ impl CandleExecutor {
             let i = batch.push(&s.tokens, s.start_pos, s.sample);
             batch.spans[i].block_tables.clone_from(&s.block_tables);
         }
-        Ok(batch)
+        batch
     }
 
-    /// All images of the step as one `[images, 3, size, size]` tensor (checked
-    /// before any sequence state changes), or `None` without images.
-    fn stack_pixels(&self, images: &StepImages) -> Result<Option<Tensor>, ExecutorError> {
+    /// The images to encode as one `[images, 3, size, size]` tensor (checked
+    /// before any sequence state changes), or `None` without any.
+    fn stack_pixels(&self, images: &[&ImageInput]) -> Result<Option<Tensor>, ExecutorError> {
         if images.is_empty() {
             return Ok(None);
         }
@@ -153,43 +198,75 @@ impl CandleExecutor {
                 ExecutorError::InvalidBatch("the model has no vision tower".into())
             })?;
         vision
-            .pixels(&images.images, self.model.text.device())
+            .pixels(images, self.model.text.device())
             .map(Some)
             .map_err(ExecutorError::InvalidBatch)
     }
 
-    /// The decoder forward, with the step's images encoded in one batched vision
-    /// forward and merged into the embeddings first; a decode step the graphs
-    /// serve is replayed instead.
+    /// The decoder forward, with the step's images (encoded in one batched vision
+    /// forward, or from the encoder cache) merged into the embeddings first; a
+    /// decode step the graphs serve is replayed instead.
     fn forward(
         &mut self,
         forward: &ForwardBatch,
         images: &StepImages,
-        pixels: Option<&Tensor>,
+        encode: ToEncode,
     ) -> Result<Tensor, ExecutorError> {
-        let text = &self.model.text;
         let step_err = |e: candle_core::Error| ExecutorError::Step(e.to_string());
-        if pixels.is_none() {
+        if images.is_empty() {
             if let Some(logits) = self
                 .graphs
-                .run(text, &self.pool, forward)
+                .run(&self.model.text, &self.pool, forward)
                 .map_err(step_err)?
             {
                 return Ok(logits);
             }
         }
+        let text = &self.model.text;
         let step = self
             .pool
             .plan(forward, text.device())
             .map_err(|e| ExecutorError::InvalidBatch(e.to_string()))?;
         let mut embeds = text.embed(&forward.token_ids).map_err(step_err)?;
-        if let (Some(vision), Some(pixels)) = (&self.model.vision, pixels) {
-            let features = vision.encode(pixels).map_err(step_err)?;
+        if !images.is_empty() {
+            let features = self.image_features(images, encode).map_err(step_err)?;
             embeds = crate::multimodal::merge_image_features(&embeds, &features, &images.starts)
                 .map_err(step_err)?;
         }
+        let text = &self.model.text;
         text.forward_planned(&embeds, forward, &self.pool, &step)
             .map_err(step_err)
+    }
+
+    /// `[images, tokens, hidden]` features of the step's images: the cached ones
+    /// as kept, the rest through the vision tower (and then kept).
+    fn image_features(
+        &mut self,
+        images: &StepImages,
+        encode: ToEncode,
+    ) -> candle_core::Result<Tensor> {
+        let ToEncode { mut cached, pixels } = encode;
+        if let (Some(vision), Some(pixels)) = (&self.model.vision, pixels) {
+            let fresh = vision.encode(&pixels)?;
+            let slots = cached.iter().enumerate().filter(|(_, c)| c.is_none());
+            let slots: Vec<usize> = slots.map(|(i, _)| i).collect();
+            for (j, &i) in slots.iter().enumerate() {
+                // A copy, so a kept image does not hold the whole batch's storage.
+                let one = fresh.get(j)?.copy()?;
+                self.encoder.insert(images.images[i].key, one.clone());
+                cached[i] = Some(one);
+                self.encoded += 1;
+            }
+        }
+        let all: Vec<Tensor> = cached.into_iter().flatten().collect();
+        if all.len() != images.images.len() {
+            candle_core::bail!(
+                "{} image features for {} images",
+                all.len(),
+                images.images.len()
+            );
+        }
+        Tensor::stack(&all, 0)
     }
 
     /// One token per sequence that asked: argmax on the device for plain greedy
@@ -257,28 +334,28 @@ impl CandleExecutor {
             .collect();
         Ok(StepOutput { outputs })
     }
-
-    fn check_tokens(&self, tokens: &[u32]) -> Result<(), ExecutorError> {
-        let vocab = self.model.config.text.vocab_size;
-        match tokens.iter().find(|&&t| t as usize >= vocab) {
-            Some(t) => Err(ExecutorError::InvalidBatch(format!(
-                "token id {t} is outside the vocabulary ({vocab})"
-            ))),
-            None => Ok(()),
-        }
-    }
 }
 
 impl Executor for CandleExecutor {
     fn step(&mut self, batch: &StepBatch) -> Result<StepOutput, ExecutorError> {
         let mm = self.model.vision.as_ref().map(|v| &v.config);
         let images = image_plan::plan(&batch.seqs, mm)?;
-        let pixels = self.stack_pixels(&images)?;
-        let mut forward = self.prepare(&batch.seqs)?;
+        self.validate(&batch.seqs, &images)?;
+        let cached: Vec<Option<Tensor>> = images
+            .images
+            .iter()
+            .map(|i| self.encoder.get(i.key))
+            .collect();
+        let missing: Vec<&ImageInput> = (images.images.iter().zip(&cached))
+            .filter(|(_, c)| c.is_none())
+            .map(|(i, _)| *i)
+            .collect();
+        let pixels = self.stack_pixels(&missing)?;
+        let mut forward = self.prepare(&batch.seqs);
         for (span, groups) in forward.spans.iter_mut().zip(&images.groups) {
             span.image_groups.clone_from(groups);
         }
-        let logits = self.forward(&forward, &images, pixels.as_ref())?;
+        let logits = self.forward(&forward, &images, ToEncode { cached, pixels })?;
         self.sample(batch, &logits)
     }
 

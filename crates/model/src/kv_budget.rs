@@ -30,6 +30,9 @@ pub struct KvCacheConfig {
     pub max_model_len: Option<usize>,
     /// Tokens per step: the largest prefill chunk, and the activations to leave room for.
     pub max_num_batched_tokens: usize,
+    /// Bytes of image features kept for reuse (`crate::encoder_cache`), left out of
+    /// a device-memory budget.
+    pub encoder_cache_bytes: u64,
 }
 
 impl Default for KvCacheConfig {
@@ -40,6 +43,7 @@ impl Default for KvCacheConfig {
             max_num_seqs: 64,
             max_model_len: None,
             max_num_batched_tokens: 2048,
+            encoder_cache_bytes: crate::encoder_cache::DEFAULT_ENCODER_CACHE_BYTES as u64,
         }
     }
 }
@@ -149,12 +153,12 @@ fn budget_bytes(
             }
             let in_use = total.saturating_sub(free);
             let allowed = (total as f64 * f) as u64;
-            let reserve = activation_reserve(cfg, kv, dtype);
+            let reserve = activation_reserve(cfg, kv, dtype) + kv.encoder_cache_bytes;
             let budget = allowed.saturating_sub(in_use).saturating_sub(reserve);
             if budget == 0 {
                 return Err(ModelError::Input(format!(
                     "no device memory left for the KV cache: {in_use} of {total} bytes in use \
-                     after loading, {reserve} kept for activations, limit {allowed} \
+                     after loading, {reserve} kept for activations and image features, limit {allowed} \
                      (--gpu-memory-utilization {f})"
                 )));
             }

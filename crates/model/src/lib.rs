@@ -13,6 +13,7 @@ pub mod cpu_matvec;
 pub mod cpu_softmax;
 pub mod decode_graph;
 pub mod device;
+pub mod encoder_cache;
 pub mod error;
 pub mod executor;
 pub mod gelu_mul;

@@ -73,6 +73,25 @@ impl VisionPart {
         self.projector.forward(&self.tower.forward(pixels)?)
     }
 
+    /// Whether one preprocessed image fits the tower's input.
+    pub fn check(&self, img: &ImageInput) -> std::result::Result<(), String> {
+        let v = &self.config.vision;
+        let (c, s) = (v.num_channels, v.image_size);
+        if img.channels != c || img.height != s || img.width != s {
+            return Err(format!(
+                "an image is {}x{}x{}, the vision tower takes {c}x{s}x{s}",
+                img.channels, img.height, img.width
+            ));
+        }
+        if img.pixels.len() != c * s * s {
+            return Err(format!(
+                "an image has {} values for {c}x{s}x{s} pixels",
+                img.pixels.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// Stacks preprocessed images into one `[images, channels, size, size]` f32 tensor,
     /// checking each against the tower's input size.
     pub fn pixels(
@@ -83,19 +102,8 @@ impl VisionPart {
         let v = &self.config.vision;
         let (c, s) = (v.num_channels, v.image_size);
         let mut data = Vec::with_capacity(images.len() * c * s * s);
-        for (i, img) in images.iter().enumerate() {
-            if img.channels != c || img.height != s || img.width != s {
-                return Err(format!(
-                    "image {i} is {}x{}x{}, the vision tower takes {c}x{s}x{s}",
-                    img.channels, img.height, img.width
-                ));
-            }
-            if img.pixels.len() != c * s * s {
-                return Err(format!(
-                    "image {i} has {} values for {c}x{s}x{s} pixels",
-                    img.pixels.len()
-                ));
-            }
+        for img in images {
+            self.check(img)?;
             data.extend_from_slice(&img.pixels);
         }
         Tensor::from_vec(data, (images.len(), c, s, s), device).map_err(|e| e.to_string())

@@ -87,6 +87,7 @@ fn run_batched(
         max_num_seqs: 32,
         max_model_len: Some(longest),
         max_num_batched_tokens: 256,
+        ..KvCacheConfig::default()
     };
     let layout = executor(ckpt, &kv).kv_layout();
     let blocks = layout.blocks_for(longest, 256) + 1;

@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 use std::sync::{mpsc, Arc};
 
 use medgemma_core::{
-    BlockManager, Executor, FinishReason, GenerateRequest, ScheduledSeq, SeqId, StepBatch,
-    TokenEvent,
+    BlockManager, Executor, ExecutorError, FinishReason, GenerateRequest, ScheduledSeq, SeqId,
+    StepBatch, TokenEvent,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -218,6 +218,9 @@ impl<E: Executor> Engine<E> {
     }
 
     fn count_admission(&self, seq: &Sequence) {
+        if !self.blocks.prefix_caching() {
+            return;
+        }
         SchedulerStats::add(&self.stats.prefix_cache_queries, seq.tokens.len() as u64);
         SchedulerStats::add(&self.stats.prefix_cache_hits, seq.computed as u64);
     }
@@ -299,6 +302,20 @@ impl<E: Executor> Engine<E> {
             Ok(out) => {
                 for (planned, o) in batch.seqs.iter().zip(out.outputs) {
                     self.advance(planned.seq_id, planned.tokens.len(), o.token, o.logprobs);
+                }
+            }
+            Err(ExecutorError::InvalidSequence { seq, msg }) => {
+                // Nothing ran: the others are planned again next step.
+                let one: Vec<ScheduledSeq> = batch
+                    .seqs
+                    .iter()
+                    .filter(|s| s.seq_id == seq)
+                    .cloned()
+                    .collect();
+                let msg = format!("invalid sequence: {msg}");
+                match one.is_empty() {
+                    true => self.fail(&batch, &msg),
+                    false => self.fail(&StepBatch { seqs: one }, &msg),
                 }
             }
             Err(e) => self.fail(&batch, &e.to_string()),

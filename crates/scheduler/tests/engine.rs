@@ -271,3 +271,34 @@ fn decodes_keep_running_while_a_long_prompt_is_prefilled() {
         );
     }
 }
+
+/// A sequence the executor refuses fails alone; the others in its step go on.
+#[test]
+fn an_invalid_sequence_fails_alone() {
+    let fake = Fake {
+        reject_token: Some(999),
+        ..Fake::default()
+    };
+    let f = fake.clone();
+    let h = SchedulerHandle::spawn(config(64), move || f);
+    let good: Vec<_> = (0..3)
+        .map(|i| {
+            h.submit(request(vec![10 * i + 1, 10 * i + 2], 5, vec![]))
+                .unwrap()
+        })
+        .collect();
+    let mut bad = h.submit(request(vec![999, 1], 5, vec![])).unwrap();
+    for (i, s) in good.into_iter().enumerate() {
+        let first = 10 * i as u32 + 3;
+        assert_eq!(
+            collect(s),
+            ((first..first + 5).collect(), FinishReason::Length)
+        );
+    }
+    match bad.blocking_next() {
+        Some(medgemma_core::TokenEvent::Failed(msg)) => assert!(msg.contains("refused"), "{msg}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(SchedulerStats::count(&h.stats().failed), 1);
+    h.shutdown();
+}

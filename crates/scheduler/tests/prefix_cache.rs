@@ -127,5 +127,11 @@ fn without_prefix_caching_every_prompt_is_computed() {
     run(&h, request(prompt.clone(), 3, vec![]));
     assert_eq!(run(&h, request(prompt, 3, vec![])).1.cached_tokens, 0);
     assert_eq!(first_chunk(&fake, 1), (0, vec![]));
+    let stats = h.stats();
+    assert_eq!(
+        SchedulerStats::count(&stats.prefix_cache_queries),
+        0,
+        "nothing is looked up"
+    );
     h.shutdown();
 }

@@ -28,6 +28,8 @@ pub struct Fake {
     /// (group, slot) → fingerprint of the prefix whose last token was written there.
     pub kv: Arc<Mutex<HashMap<(usize, usize), u64>>>,
     pub layout: KvLayout,
+    /// A sequence holding this token is refused as invalid (alone).
+    pub reject_token: Option<u32>,
 }
 
 impl Default for Fake {
@@ -54,6 +56,7 @@ impl Fake {
                 groups,
                 bytes_per_block: 1,
             },
+            reject_token: None,
         }
     }
 
@@ -135,6 +138,16 @@ impl Fake {
 
 impl Executor for Fake {
     fn step(&mut self, batch: &StepBatch) -> Result<StepOutput, ExecutorError> {
+        if let Some(bad) = batch
+            .seqs
+            .iter()
+            .find(|s| Some(s.tokens[0]) == self.reject_token)
+        {
+            return Err(ExecutorError::InvalidSequence {
+                seq: bad.seq_id,
+                msg: "refused".into(),
+            });
+        }
         self.check_tables(batch);
         self.log.lock().unwrap().push(batch.clone());
         let mut held = self.held.lock().unwrap();
