@@ -225,7 +225,7 @@ fn malformed_requests_get_openai_errors_and_the_server_stays_healthy() {
         ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": [{"type": "audio", "data": "x"}]}]}).to_string(), 400, Some("messages[0].content[0]")),
         ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": long}]}).to_string(), 400, Some("messages")),
         ("/v1/chat/completions", json!({"messages": user, "max_tokens": 500}).to_string(), 400, Some("max_tokens")),
-        ("/v1/chat/completions", json!({"messages": user, "response_format": {"type": "json_object"}}).to_string(), 400, Some("response_format")),
+        ("/v1/chat/completions", json!({"messages": user, "response_format": {"type": "yaml"}}).to_string(), 400, Some("response_format")),
         ("/v1/chat/completions", json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}).to_string(), 400, Some("response_format")),
         ("/v1/chat/completions", json!({"messages": user, "response_format": {"type": "text"}, "tools": [], "tool_choice": "none", "max_tokens": 1}).to_string(), 200, None),
         ("/v1/chat/completions", json!({"messages": user, "tools": [{"type": "function", "function": {"name": "f"}}]}).to_string(), 400, Some("tools")),

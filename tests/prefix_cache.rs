@@ -194,3 +194,49 @@ fn a_next_turn_starts_from_the_previous_one() {
     assert_eq!(status, 400, "{resp}");
     assert_eq!(resp["error"]["param"], "cache_salt");
 }
+
+/// Waits for a counter to reach `want` (the engine publishes after its step).
+fn wait_metric(server: &Server, name: &str, want: f64) {
+    let start = std::time::Instant::now();
+    while server.metric(name) != want {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "{name}: {} not {want}",
+            server.metric(name)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The same image after other text (no prefix to share) comes from the encoder
+/// cache, within one cache salt.
+#[test]
+fn the_same_image_after_other_text_is_encoded_once_per_salt() {
+    let server = Server::start("tiny-gemma3", &[]);
+    let g: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("tiny-gemma3/image_goldens.json")).unwrap(),
+    )
+    .unwrap();
+    let messages = common::image_messages(&g["prompts"]["one_image"]);
+    let ask = |question: &str, salt: Option<&str>| {
+        let mut m = messages.clone();
+        let parts = m[0]["content"].as_array_mut().unwrap();
+        parts.insert(0, json!({"type": "text", "text": question}));
+        let mut body = json!({"messages": m, "max_tokens": 1});
+        if let Some(s) = salt {
+            body["cache_salt"] = json!(s);
+        }
+        let (status, resp) = server.post("/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{resp}");
+        assert_eq!(cached(&resp), 0, "no prefix shared: {}", resp["usage"]);
+    };
+    ask("Is there a pneumothorax?", None);
+    wait_metric(&server, "medgemma_images_encoded_total", 1.0);
+    ask("Any effusion?", None);
+    wait_metric(&server, "medgemma_encoder_cache_hits_total", 1.0);
+    ask("Heart size?", Some("ward-7"));
+    wait_metric(&server, "medgemma_images_encoded_total", 2.0);
+    ask("Lines and tubes?", Some("ward-7"));
+    wait_metric(&server, "medgemma_encoder_cache_hits_total", 2.0);
+    assert_eq!(server.metric("medgemma_images_encoded_total"), 2.0);
+}

@@ -87,10 +87,14 @@ def test_models_and_errors(client):
         client.models.retrieve("google/other-model")
 
 
-def test_json_mode_and_tools_are_refused_not_ignored(client):
+def test_json_mode_gives_json_and_schemas_and_tools_are_refused(client):
     msgs = [{"role": "user", "content": "List the findings as JSON."}]
+    r = client.chat.completions.create(model=MODEL, messages=msgs, response_format={"type": "json_object"},
+                                       temperature=0, max_tokens=8)
+    assert r.choices[0].message.content.startswith("{")
+    schema = {"type": "json_schema", "json_schema": {"name": "findings", "schema": {"type": "object"}}}
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=msgs, response_format={"type": "json_object"})
+        client.chat.completions.create(model=MODEL, messages=msgs, response_format=schema)
     assert e.value.body["param"] == "response_format"
     tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
     with pytest.raises(openai.BadRequestError) as e:

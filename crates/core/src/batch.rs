@@ -57,4 +57,8 @@ pub trait Executor: Send {
     /// handed them out; a preempted sequence is not released, it restarts at 0.
     fn release(&mut self, seq: SeqId);
     fn kv_layout(&self) -> KvLayout;
+    /// Images the executor encoded, and those it served from its encoder cache.
+    fn images_encoded(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod blocks;
+pub mod constraint;
 pub mod error;
 pub mod event;
 pub mod prefix;
@@ -15,6 +16,7 @@ pub use batch::{Executor, ScheduledSeq, SeqId, SeqOutput, StepBatch, StepOutput}
 pub use blocks::{
     BlockError, BlockId, BlockManager, BlockTable, DirectBlocks, KvLayout, SeqBlocks,
 };
+pub use constraint::{Constraint, ConstraintMatcher, TokenConstraint};
 pub use error::ExecutorError;
 pub use event::{FinishReason, TokenEvent, TokenLogprobs, Usage};
 pub use prefix::BlockHash;

@@ -77,6 +77,17 @@ pub fn block_hash(parent: BlockHash, tokens: &[u32], images: &[(BlockHash, usize
     h.finish()
 }
 
+/// An image key as requests with `salt` see it: the same image under two salts
+/// has two keys, so no cache (prefix or encoder) serves one tenant's image to
+/// another.
+pub fn salted(key: BlockHash, salt: &str) -> BlockHash {
+    let mut h = Hash128::new(3);
+    h.u128(key);
+    h.u64(salt.len() as u64);
+    h.bytes(salt.as_bytes());
+    h.finish()
+}
+
 /// The key of an image's preprocessed pixels (and their shape).
 pub fn image_key(pixels: &[f32], channels: usize, height: usize, width: usize) -> BlockHash {
     let mut h = Hash128::new(2);
@@ -122,5 +133,8 @@ mod tests {
         assert_ne!(base, image_key(&px, 3, 40, 40));
         px[last] = -0.0;
         assert_ne!(base, image_key(&px, 3, 40, 40), "bits, not values");
+        assert_ne!(salted(base, "a"), salted(base, "b"));
+        assert_ne!(salted(base, "a"), base);
+        assert_eq!(salted(base, "a"), salted(base, "a"));
     }
 }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::constraint::Constraint;
+
 /// How the next token is chosen. A temperature of 0 means greedy decoding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
@@ -26,6 +28,9 @@ pub struct SamplingParams {
     pub logprobs: Option<usize>,
     /// Tokens that may never be chosen (e.g. end-of-sequence while `min_tokens` is not reached).
     pub suppress_tokens: Vec<u32>,
+    /// Only tokens this allows may be chosen (JSON mode).
+    #[serde(skip)]
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for SamplingParams {
@@ -42,6 +47,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             logprobs: None,
             suppress_tokens: Vec::new(),
+            constraint: None,
         }
     }
 }

@@ -49,6 +49,7 @@ pub fn sampling_params(
         presence_penalty: v.presence_penalty,
         logprobs,
         suppress_tokens: Vec::new(),
+        constraint: None,
     })
 }
 
@@ -77,6 +78,12 @@ pub fn submit(
     v: &ValidSampling,
     max_new_tokens: usize,
 ) -> Result<EventStream, ApiError> {
+    let mut prompt = prompt;
+    if let Some(salt) = &v.cache_salt {
+        for img in &mut prompt.images {
+            img.key = medgemma_core::prefix::salted(img.key, salt);
+        }
+    }
     let req = GenerateRequest {
         id: id.to_string(),
         prompt,

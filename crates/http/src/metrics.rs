@@ -189,6 +189,16 @@ fn render_stats(out: &mut String, s: &SchedulerStats) {
             "Tokens of the sequences started that came from the prefix cache.",
             SchedulerStats::count(&s.prefix_cache_hits),
         ),
+        (
+            "medgemma_images_encoded_total",
+            "Images the vision tower encoded.",
+            SchedulerStats::count(&s.images_encoded),
+        ),
+        (
+            "medgemma_encoder_cache_hits_total",
+            "Images whose features came from the encoder cache instead.",
+            SchedulerStats::count(&s.encoder_cache_hits),
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(

@@ -93,11 +93,6 @@ impl CandleExecutor {
         self
     }
 
-    /// Images the vision tower encoded, and those served from the encoder cache.
-    pub fn images_encoded(&self) -> (u64, u64) {
-        (self.encoded, self.encoder.hits())
-    }
-
     /// Decode steps captured for replay so far.
     pub fn captured_decode_steps(&self) -> usize {
         self.graphs.captured()
@@ -365,5 +360,9 @@ impl Executor for CandleExecutor {
 
     fn kv_layout(&self) -> KvLayout {
         self.layout.clone()
+    }
+
+    fn images_encoded(&self) -> (u64, u64) {
+        (self.encoded, self.encoder.hits())
     }
 }

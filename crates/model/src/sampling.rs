@@ -1,13 +1,13 @@
 //! Choosing the next token from one sequence's logits, on the host.
 //!
 //! Order: logit bias, repetition / frequency / presence penalties, suppressed
-//! tokens, then greedy argmax, or temperature → top-k → top-p → min-p and a draw
+//! tokens, the tokens a constraint (JSON mode) rules out, then greedy argmax, or temperature → top-k → top-p → min-p and a draw
 //! from the request's own seeded generator. Log probabilities are those of the
 //! model's raw distribution (before any of these), as the reference reports them.
 
 use std::collections::HashMap;
 
-use medgemma_core::{SamplingParams, TokenLogprobs};
+use medgemma_core::{ConstraintMatcher, SamplingParams, TokenLogprobs};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -20,6 +20,8 @@ pub struct Sampler {
     seen: HashMap<u32, u32>,
     /// Tokens of the output only (frequency and presence penalties).
     generated: HashMap<u32, u32>,
+    /// Where the output stands in the request's constraint, if it has one.
+    matcher: Option<Box<dyn ConstraintMatcher>>,
 }
 
 impl Sampler {
@@ -28,11 +30,13 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        let matcher = params.constraint.as_ref().map(|c| c.0.matcher());
         Self {
             params,
             rng,
             seen: HashMap::new(),
             generated: HashMap::new(),
+            matcher,
         }
     }
 
@@ -50,6 +54,9 @@ impl Sampler {
     fn observe_output(&mut self, token: u32) {
         *self.seen.entry(token).or_default() += 1;
         *self.generated.entry(token).or_default() += 1;
+        if let Some(m) = self.matcher.as_mut() {
+            m.accept(token);
+        }
     }
 
     /// Greedy with nothing that needs the full logits on the host: no bias,
@@ -64,6 +71,7 @@ impl Sampler {
             && p.frequency_penalty == 0.0
             && p.presence_penalty == 0.0
             && p.suppress_tokens.is_empty()
+            && self.matcher.is_none()
     }
 
     /// Records a token chosen by an argmax taken elsewhere (see `is_plain_greedy`).
@@ -75,6 +83,7 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32]) -> (u32, Option<TokenLogprobs>) {
         let mut processed = logits.to_vec();
         self.apply_bias_and_penalties(&mut processed);
+        self.apply_constraint(&mut processed);
         let token = if self.params.is_greedy() {
             argmax(&processed)
         } else {
@@ -83,6 +92,26 @@ impl Sampler {
         let logprobs = self.params.logprobs.map(|n| logprobs_of(logits, token, n));
         self.observe_output(token);
         (token, logprobs)
+    }
+
+    /// Rules out what the constraint forbids. The constraint wins over suppressed
+    /// tokens: when it allows only suppressed ones (an end of sequence before
+    /// `min_tokens`), they stay possible, equally likely.
+    fn apply_constraint(&self, logits: &mut [f32]) {
+        let Some(m) = &self.matcher else { return };
+        let mut allowed = vec![true; logits.len()];
+        m.restrict(&mut allowed);
+        let open = allowed
+            .iter()
+            .zip(logits.iter())
+            .any(|(&a, &l)| a && l > f32::NEG_INFINITY);
+        for (l, a) in logits.iter_mut().zip(allowed) {
+            *l = match (a, open) {
+                (false, _) => f32::NEG_INFINITY,
+                (true, true) => *l,
+                (true, false) => 0.0,
+            };
+        }
     }
 
     fn apply_bias_and_penalties(&self, logits: &mut [f32]) {

@@ -8,6 +8,8 @@ pub mod detok;
 pub mod error;
 mod jpeg;
 mod jpeg_decode;
+pub mod json_grammar;
+pub mod json_mode;
 pub mod pan_scan;
 pub mod prompt;
 pub mod resize;

@@ -23,6 +23,8 @@ pub struct TextProcessor {
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     special: SpecialTokens,
+    /// The vocabulary as JSON mode walks it, built on first use.
+    json: std::sync::OnceLock<std::sync::Arc<crate::json_mode::JsonVocab>>,
 }
 
 impl TextProcessor {
@@ -70,6 +72,7 @@ impl TextProcessor {
                 eos_token,
                 stop_token_ids,
             },
+            json: std::sync::OnceLock::new(),
         })
     }
 
@@ -147,6 +150,30 @@ impl TextProcessor {
             }
         }
         self.decode(&[id], false).unwrap_or_default().into_bytes()
+    }
+
+    /// JSON mode's constraint for this vocabulary (the first call walks the
+    /// vocabulary once: special tokens are never text, every other token is its bytes).
+    pub fn json_constraint(&self) -> medgemma_core::Constraint {
+        let vocab = self.json.get_or_init(|| {
+            let special: std::collections::HashSet<u32> = self
+                .tokenizer
+                .get_added_tokens_decoder()
+                .into_iter()
+                .filter(|(_, t)| t.special)
+                .map(|(id, _)| id)
+                .collect();
+            let n = self.tokenizer.get_vocab_size(true) as u32;
+            let bytes = (0..n)
+                .map(|id| match special.contains(&id) {
+                    true => Vec::new(),
+                    false => self.token_bytes(id),
+                })
+                .collect();
+            let eos = self.special.stop_token_ids.clone();
+            std::sync::Arc::new(crate::json_mode::JsonVocab::new(bytes, eos))
+        });
+        vocab.constraint()
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

@@ -87,6 +87,13 @@ impl<E: Executor> Engine<E> {
     }
 
     fn publish(&self) {
+        let (encoded, reused) = self.executor.images_encoded();
+        self.stats
+            .images_encoded
+            .store(encoded, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .encoder_cache_hits
+            .store(reused, std::sync::atomic::Ordering::Relaxed);
         SchedulerStats::set(&self.stats.waiting, self.waiting.len());
         SchedulerStats::set(&self.stats.running, self.running.len());
         SchedulerStats::set(&self.stats.kv_blocks_used, self.blocks.used_blocks());

@@ -24,6 +24,9 @@ pub struct SchedulerStats {
     /// Tokens of the sequences started, and those of them found in the prefix cache.
     pub prefix_cache_queries: AtomicU64,
     pub prefix_cache_hits: AtomicU64,
+    /// Images the vision tower encoded, and those the encoder cache served.
+    pub images_encoded: AtomicU64,
+    pub encoder_cache_hits: AtomicU64,
 }
 
 impl SchedulerStats {
