@@ -112,6 +112,16 @@ fn logprobs_n_stop_and_usage() {
     assert_eq!(resp["choices"][0]["message"]["content"], &text[..cut]);
     assert_eq!(resp["choices"][0]["finish_reason"], "stop");
 
+    // min_tokens holds the end of sequence back: even a forced one waits.
+    let held = json!({"messages": p["messages"], "max_tokens": 9, "min_tokens": 4,
+        "logit_bias": {"1": 100}});
+    let (_, resp) = server.post("/v1/chat/completions", &held);
+    assert_eq!(resp["choices"][0]["finish_reason"], "stop", "{resp}");
+    assert_eq!(
+        resp["usage"]["completion_tokens"], 5,
+        "four tokens, then the end"
+    );
+
     // The end-of-sequence token was sampled like any other: counted (as vLLM
     // counts it), never shown; the same in the streamed usage.
     let eos = json!({"messages": p["messages"], "max_tokens": 5, "logit_bias": {"1": 100}});

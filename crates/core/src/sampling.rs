@@ -28,6 +28,10 @@ pub struct SamplingParams {
     pub logprobs: Option<usize>,
     /// Tokens that may never be chosen (e.g. end-of-sequence while `min_tokens` is not reached).
     pub suppress_tokens: Vec<u32>,
+    /// `end_tokens` may not be chosen before this many tokens were generated.
+    pub min_tokens: usize,
+    /// The tokens that end the output (held back by `min_tokens`).
+    pub end_tokens: Vec<u32>,
     /// Only tokens this allows may be chosen (JSON mode).
     #[serde(skip)]
     pub constraint: Option<Constraint>,
@@ -47,6 +51,8 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             logprobs: None,
             suppress_tokens: Vec::new(),
+            min_tokens: 0,
+            end_tokens: Vec::new(),
             constraint: None,
         }
     }

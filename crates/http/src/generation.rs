@@ -49,6 +49,11 @@ pub fn sampling_params(
         presence_penalty: v.presence_penalty,
         logprobs,
         suppress_tokens: Vec::new(),
+        min_tokens: v.min_tokens,
+        end_tokens: match v.min_tokens {
+            0 => Vec::new(),
+            _ => engine.text.special().stop_token_ids.clone(),
+        },
         constraint: None,
     })
 }

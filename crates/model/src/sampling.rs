@@ -22,6 +22,8 @@ pub struct Sampler {
     generated: HashMap<u32, u32>,
     /// Where the output stands in the request's constraint, if it has one.
     matcher: Option<Box<dyn ConstraintMatcher>>,
+    /// Tokens generated so far.
+    produced: usize,
 }
 
 impl Sampler {
@@ -37,6 +39,7 @@ impl Sampler {
             seen: HashMap::new(),
             generated: HashMap::new(),
             matcher,
+            produced: 0,
         }
     }
 
@@ -54,6 +57,7 @@ impl Sampler {
     fn observe_output(&mut self, token: u32) {
         *self.seen.entry(token).or_default() += 1;
         *self.generated.entry(token).or_default() += 1;
+        self.produced += 1;
         if let Some(m) = self.matcher.as_mut() {
             m.accept(token);
         }
@@ -72,6 +76,12 @@ impl Sampler {
             && p.presence_penalty == 0.0
             && p.suppress_tokens.is_empty()
             && self.matcher.is_none()
+            && !self.holds_back_the_end()
+    }
+
+    /// Whether `min_tokens` still keeps the end tokens from being chosen.
+    fn holds_back_the_end(&self) -> bool {
+        self.produced < self.params.min_tokens && !self.params.end_tokens.is_empty()
     }
 
     /// Records a token chosen by an argmax taken elsewhere (see `is_plain_greedy`).
@@ -139,7 +149,11 @@ impl Sampler {
                 }
             }
         }
-        for &id in &p.suppress_tokens {
+        let held = match self.holds_back_the_end() {
+            true => &p.end_tokens[..],
+            false => &[],
+        };
+        for &id in p.suppress_tokens.iter().chain(held) {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l = f32::NEG_INFINITY;
             }

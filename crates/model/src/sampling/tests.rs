@@ -143,3 +143,18 @@ fn logprobs_are_a_log_softmax_of_the_raw_logits() {
     );
     assert_eq!(lp.top.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2]);
 }
+
+#[test]
+fn min_tokens_hold_back_the_end_tokens_until_reached() {
+    let mut s = Sampler::new(SamplingParams {
+        min_tokens: 2,
+        end_tokens: vec![0],
+        ..SamplingParams::greedy()
+    });
+    assert!(!s.is_plain_greedy(), "the argmax needs the end held back");
+    let logits = [5.0, 1.0, 2.0];
+    assert_eq!(s.sample(&logits).0, 2);
+    assert_eq!(s.sample(&logits).0, 2);
+    assert!(s.is_plain_greedy());
+    assert_eq!(s.sample(&logits).0, 0, "two tokens made: the end may come");
+}
