@@ -83,6 +83,22 @@ fn json_mode_answers_with_one_json_object() {
         }
     }
     assert_eq!(streamed, text);
+    // Completions take it too; nothing may follow the object, so ignore_eos is refused.
+    let (status, resp) = server.post(
+        "/v1/completions",
+        &json!({"prompt": "Findings:", "response_format": {"type": "json_object"},
+            "temperature": 0, "max_tokens": 20}),
+    );
+    assert_eq!(status, 200, "{resp}");
+    let text = resp["choices"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with('{') && is_json_start(text), "{text:?}");
+    let (status, resp) = server.post(
+        "/v1/chat/completions",
+        &json!({"messages": messages, "response_format": {"type": "json_object"},
+            "ignore_eos": true}),
+    );
+    assert_eq!(status, 400, "{resp}");
+    assert_eq!(resp["error"]["param"], "ignore_eos");
     // Without JSON mode the same request is free text.
     let free = chat(
         &server,

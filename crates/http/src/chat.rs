@@ -77,10 +77,7 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
     let id = state.request_id("chatcmpl");
     let mut streams = Vec::with_capacity(chat.sampling.n);
     for i in 0..chat.sampling.n {
-        let mut params = sampling_params(&chat.sampling, engine, state, i, chat.logprobs)?;
-        if chat.json_object {
-            params.constraint = Some(engine.text.json_constraint());
-        }
+        let params = sampling_params(&chat.sampling, engine, state, i, chat.logprobs)?;
         let events = submit(engine, &id, prompt.clone(), params, &chat.sampling, max_new)?;
         streams.push(TextStream::new(
             events,

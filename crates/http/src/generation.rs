@@ -54,7 +54,7 @@ pub fn sampling_params(
             0 => Vec::new(),
             _ => engine.text.special().stop_token_ids.clone(),
         },
-        constraint: None,
+        constraint: v.json_object.then(|| engine.text.json_constraint()),
     })
 }
 

@@ -17,10 +17,9 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<i64>,
     /// Per-request pan-and-scan for images (an extension).
     pub do_pan_and_scan: Option<bool>,
-    /// `text` or `json_object` (JSON mode); JSON schemas and tool calling are not
-    /// implemented: asking for them is refused (see [`refuse_unsupported`]), never
-    /// silently ignored.
-    pub response_format: Option<Value>,
+    /// Tool calling is not implemented: asking for it is refused (see
+    /// [`refuse_unsupported`]), never silently ignored. (`response_format` is a
+    /// sampling field, shared with completions.)
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
     pub functions: Option<Value>,
@@ -75,15 +74,12 @@ pub struct ValidChat {
     pub logprobs: Option<usize>,
     pub sampling: ValidSampling,
     pub pan_and_scan: Option<bool>,
-    /// `response_format: {"type": "json_object"}`: the answer is one JSON object.
-    pub json_object: bool,
 }
 
 pub const MAX_TOP_LOGPROBS: i64 = 20;
 
 impl ChatCompletionRequest {
     pub fn validate(self) -> Result<ValidChat, ProtocolError> {
-        let json_object = response_format(&self)?;
         refuse_unsupported(&self)?;
         let messages = validate_messages(&self.messages)?;
         let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
@@ -114,32 +110,7 @@ impl ChatCompletionRequest {
                     .unwrap_or(false),
             logprobs,
             pan_and_scan: self.do_pan_and_scan,
-            json_object,
         })
-    }
-}
-
-/// Whether the answer must be one JSON object (`json_object`); `text` or none is
-/// free text. A JSON schema (structured output) is refused: a client that asks
-/// for one relies on it.
-fn response_format(r: &ChatCompletionRequest) -> Result<bool, ProtocolError> {
-    let Some(format) = r.response_format.as_ref().filter(|v| !v.is_null()) else {
-        return Ok(false);
-    };
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(false),
-        Some("json_object") => Ok(true),
-        kind => {
-            let kind = kind.map_or("without a type".to_string(), |k| format!("{k:?}"));
-            Err(ProtocolError::param(
-                "response_format",
-                format!(
-                    "'response_format' {kind} is not supported: the server answers in free \
-                     text or, with {{\"type\": \"json_object\"}}, one JSON object (describe \
-                     the schema in the prompt)"
-                ),
-            ))
-        }
     }
 }
 

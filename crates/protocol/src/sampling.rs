@@ -32,6 +32,8 @@ pub struct SamplingFields {
     pub min_tokens: Option<i64>,
     pub user: Option<String>,
     pub cache_salt: Option<String>,
+    /// `text` or `json_object` (JSON mode); a JSON schema is refused.
+    pub response_format: Option<Value>,
 }
 
 /// Checked sampling values; `None` where the request left the server's default.
@@ -53,6 +55,8 @@ pub struct ValidSampling {
     pub min_tokens: usize,
     /// Only requests with the same salt share prefix-cache blocks.
     pub cache_salt: Option<String>,
+    /// `response_format: {"type": "json_object"}`: the answer is one JSON object.
+    pub json_object: bool,
 }
 
 pub const MAX_N: i64 = 16;
@@ -69,6 +73,30 @@ fn range(param: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<Option<f32>, P
 }
 
 impl SamplingFields {
+    /// Whether the answer must be one JSON object (`json_object`); `text` or none
+    /// is free text. A JSON schema (structured output) is refused: a client that
+    /// asks for one relies on it.
+    fn json_object(&self) -> Result<bool, ProtocolError> {
+        let Some(format) = self.response_format.as_ref().filter(|v| !v.is_null()) else {
+            return Ok(false);
+        };
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(false),
+            Some("json_object") => Ok(true),
+            kind => {
+                let kind = kind.map_or("without a type".to_string(), |k| format!("{k:?}"));
+                Err(ProtocolError::param(
+                    "response_format",
+                    format!(
+                        "'response_format' {kind} is not supported: the server answers in free \
+                         text or, with {{\"type\": \"json_object\"}}, one JSON object (describe \
+                         the schema in the prompt)"
+                    ),
+                ))
+            }
+        }
+    }
+
     pub fn validate(&self) -> Result<ValidSampling, ProtocolError> {
         let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
             (Some(v), _) => Some(("max_completion_tokens", v)),
@@ -134,7 +162,15 @@ impl SamplingFields {
                 "'cache_salt' must be a non-empty string when given",
             ));
         }
+        let json_object = self.json_object()?;
+        if json_object && self.ignore_eos == Some(true) {
+            return Err(ProtocolError::param(
+                "ignore_eos",
+                "'ignore_eos' cannot be used with JSON mode: nothing may follow the object",
+            ));
+        }
         Ok(ValidSampling {
+            json_object,
             cache_salt: self.cache_salt.clone(),
             max_tokens: max_tokens.map(|(_, v)| v as usize),
             temperature: range("temperature", self.temperature, 0.0, 2.0)?,
