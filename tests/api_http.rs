@@ -343,10 +343,7 @@ fn a_client_that_disconnects_mid_stream_frees_its_sequence() {
 #[test]
 fn image_prompts_through_the_api_equal_transformers() {
     let server = Server::start("tiny-gemma3", &[]);
-    let g: Value = serde_json::from_str(
-        &std::fs::read_to_string(common::fixture("tiny-gemma3/image_goldens.json")).unwrap(),
-    )
-    .unwrap();
+    let g: Value = common::image_goldens();
     let bias: serde_json::Map<String, Value> = g["eos_suppressed_in_greedy"]
         .as_array()
         .unwrap()

@@ -213,10 +213,7 @@ fn wait_metric(server: &Server, name: &str, want: f64) {
 #[test]
 fn the_same_image_after_other_text_is_encoded_once_per_salt() {
     let server = Server::start("tiny-gemma3", &[]);
-    let g: Value = serde_json::from_str(
-        &std::fs::read_to_string(common::fixture("tiny-gemma3/image_goldens.json")).unwrap(),
-    )
-    .unwrap();
+    let g: Value = common::image_goldens();
     let messages = common::image_messages(&g["prompts"]["one_image"]);
     let ask = |question: &str, salt: Option<&str>| {
         let mut m = messages.clone();

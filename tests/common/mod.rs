@@ -19,6 +19,14 @@ pub fn goldens(ckpt: &str) -> Value {
         .unwrap()
 }
 
+/// tiny-gemma3's image prompts with transformers' outputs.
+pub fn image_goldens() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-gemma3/image_goldens.json")).unwrap(),
+    )
+    .unwrap()
+}
+
 pub struct Server {
     pub child: Child,
     pub base: String,

@@ -83,12 +83,6 @@ pub fn submit(
     v: &ValidSampling,
     max_new_tokens: usize,
 ) -> Result<EventStream, ApiError> {
-    let mut prompt = prompt;
-    if let Some(salt) = &v.cache_salt {
-        for img in &mut prompt.images {
-            img.key = medgemma_core::prefix::salted(img.key, salt);
-        }
-    }
     let req = GenerateRequest {
         id: id.to_string(),
         prompt,

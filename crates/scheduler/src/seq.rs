@@ -1,6 +1,6 @@
 //! One request's sequence inside the engine.
 
-use medgemma_core::prefix::{block_hash, chain_root};
+use medgemma_core::prefix::{block_hash, chain_root, salted};
 use medgemma_core::{
     BlockHash, FinishReason, GenerateRequest, SeqBlocks, SeqId, TokenEvent, Usage,
 };
@@ -39,6 +39,14 @@ impl Sequence {
         tx: UnboundedSender<TokenEvent>,
         block_size: usize,
     ) -> Self {
+        let mut req = req;
+        // Image keys as this salt sees them: neither the prefix cache nor the
+        // executor's encoder cache serves one tenant's image to another.
+        if let Some(salt) = &req.cache_salt {
+            for img in &mut req.prompt.images {
+                img.key = salted(img.key, salt);
+            }
+        }
         let tokens = req.prompt.token_ids.clone();
         let mut seq = Self {
             id,
