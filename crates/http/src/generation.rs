@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use medgemma_core::{
-    FinishReason, GenerateRequest, Prompt, SamplingParams, StopCriteria, TokenEvent, TokenLogprobs,
+    Constraint, FinishReason, GenerateRequest, Prompt, SamplingParams, StopCriteria, TokenEvent,
+    TokenLogprobs,
 };
 use medgemma_preprocess::{IncrementalDetokenizer, TextProcessor};
-use medgemma_protocol::ValidSampling;
+use medgemma_protocol::{OutputFormat, ValidSampling};
 use medgemma_scheduler::EventStream;
 
 use crate::error::ApiError;
@@ -54,7 +55,23 @@ pub fn sampling_params(
             0 => Vec::new(),
             _ => engine.text.special().stop_token_ids.clone(),
         },
-        constraint: v.json_object.then(|| engine.text.json_constraint()),
+        constraint: constraint(&v.format, &engine.text)?,
+    })
+}
+
+/// The constraint of a JSON `response_format`; a schema that cannot be
+/// enforced is refused, naming the part of it that cannot.
+fn constraint(format: &OutputFormat, text: &TextProcessor) -> Result<Option<Constraint>, ApiError> {
+    let schema = match format {
+        OutputFormat::Text => return Ok(None),
+        OutputFormat::JsonObject => None,
+        OutputFormat::JsonSchema { schema, .. } => Some(schema),
+    };
+    text.json_constraint(schema).map(Some).map_err(|e| {
+        ApiError::bad_request(
+            format!("response_format.json_schema.schema: {e}"),
+            Some("response_format"),
+        )
     })
 }
 

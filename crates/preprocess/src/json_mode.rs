@@ -1,38 +1,75 @@
-//! JSON mode (`response_format: {"type": "json_object"}`): the output is one JSON
-//! object. Before each token the sampler is told which tokens keep the output a
-//! prefix of valid JSON: the vocabulary's byte strings sit in a trie, walked
-//! once per step with the recognizer (`json_grammar`), pruning at the first byte
-//! that cannot come. Masks are kept per recognizer state (the same state recurs
-//! at every key, every value of an array, ...). End-of-sequence tokens are
-//! allowed exactly when the object is closed; special tokens never.
+//! Constrained JSON output: JSON mode (`response_format: {"type":
+//! "json_object"}`) and structured output (`{"type": "json_schema"}`). Before
+//! each token the sampler is told which tokens keep the output a prefix of a
+//! document the schema accepts: the vocabulary's byte strings sit in a trie,
+//! walked once per step with the recognizer (`schema`), pruning at the first
+//! byte that cannot come. Masks are kept per recognizer state (the same state
+//! recurs at every key, every value of an array, ...), by the constraint, which
+//! requests with the same schema share. End-of-sequence tokens are allowed
+//! exactly when the document may end; special tokens never.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use medgemma_core::{Constraint, ConstraintMatcher, TokenConstraint};
 
-use crate::json_grammar::JsonState;
+use crate::schema::{CursorStep, Schema, SchemaState, TokenCursor};
 
-/// Masks kept at most (each one bit per vocabulary entry: 32 KiB for 262k tokens).
+/// Masks kept at most per constraint.
 const MASKS_KEPT: usize = 256;
 
-/// One bit per token.
+/// The tokens allowed in one state: a bit per token, or their list when they
+/// are few (a key, a number, punctuation).
 #[derive(Debug)]
-struct Mask(Vec<u64>);
+enum Mask {
+    Bits(Vec<u64>),
+    List(Vec<u32>),
+}
 
 impl Mask {
-    fn new(tokens: usize) -> Self {
-        Self(vec![0; tokens.div_ceil(64)])
+    /// A list when it is smaller than the bits (fewer tokens than one in 32).
+    fn from_bits(bits: Vec<u64>) -> Self {
+        let ones: usize = bits.iter().map(|w| w.count_ones() as usize).sum();
+        if ones * 32 >= bits.len() * 64 {
+            return Mask::Bits(bits);
+        }
+        let mut list = Vec::with_capacity(ones);
+        for (i, &w) in bits.iter().enumerate() {
+            let mut w = w;
+            while w != 0 {
+                list.push(i as u32 * 64 + w.trailing_zeros());
+                w &= w - 1;
+            }
+        }
+        Mask::List(list)
     }
 
-    fn set(&mut self, t: u32) {
-        if let Some(w) = self.0.get_mut(t as usize / 64) {
-            *w |= 1 << (t % 64);
+    /// Clears `allowed[t]` for every token not in the mask.
+    fn restrict(&self, allowed: &mut [bool]) {
+        match self {
+            Mask::Bits(bits) => {
+                for (i, a) in allowed.iter_mut().enumerate() {
+                    *a = *a && bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0);
+                }
+            }
+            Mask::List(list) => {
+                let keep: Vec<u32> = list
+                    .iter()
+                    .copied()
+                    .filter(|&t| allowed.get(t as usize) == Some(&true))
+                    .collect();
+                allowed.fill(false);
+                for t in keep {
+                    allowed[t as usize] = true;
+                }
+            }
         }
     }
+}
 
-    fn get(&self, t: usize) -> bool {
-        self.0.get(t / 64).is_some_and(|w| w & (1 << (t % 64)) != 0)
+fn set_bit(bits: &mut [u64], t: u32) {
+    if let Some(w) = bits.get_mut(t as usize / 64) {
+        *w |= 1 << (t % 64);
     }
 }
 
@@ -98,12 +135,11 @@ fn offsets(lens: impl Iterator<Item = usize>) -> Vec<u32> {
     first
 }
 
-/// The vocabulary's byte strings, for JSON mode; built once per tokenizer.
+/// The vocabulary's byte strings, for constrained output; built once per tokenizer.
 pub struct JsonVocab {
     trie: Trie,
     bytes: Vec<Box<[u8]>>,
     eos: Vec<u32>,
-    masks: Mutex<HashMap<JsonState, Arc<Mask>>>,
 }
 
 impl std::fmt::Debug for JsonVocab {
@@ -123,89 +159,155 @@ impl JsonVocab {
             trie: Trie::new(&bytes),
             bytes: bytes.into_iter().map(Vec::into_boxed_slice).collect(),
             eos,
-            masks: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The constraint for a request's sampling parameters.
-    pub fn constraint(self: &Arc<Self>) -> Constraint {
-        Constraint(Arc::new(JsonConstraint(self.clone())))
+    /// The constraint that the output follows `schema`; requests that share it
+    /// share its masks.
+    pub fn constraint(self: &Arc<Self>, schema: Schema) -> Constraint {
+        Constraint(Arc::new(SchemaConstraint(Arc::new(Masks {
+            vocab: self.clone(),
+            schema,
+            kept: Mutex::new(HashMap::new()),
+        }))))
     }
 
-    /// Which tokens can come in `state` (indexed by token id).
-    fn mask(&self, state: &JsonState) -> Arc<Mask> {
-        if let Some(m) = self.masks.lock().ok().and_then(|m| m.get(state).cloned()) {
-            return m;
-        }
-        let mut mask = Mask::new(self.bytes.len());
-        if state.complete() {
-            for &e in &self.eos {
-                mask.set(e);
-            }
-        } else {
-            self.walk(*state, &mut mask);
-        }
-        let mask = Arc::new(mask);
-        if let Ok(mut kept) = self.masks.lock() {
-            if kept.len() >= MASKS_KEPT {
-                kept.clear();
-            }
-            kept.insert(*state, mask.clone());
-        }
-        mask
-    }
-
-    /// Marks every token whose bytes `state` takes, depth first through the trie.
-    fn walk(&self, state: JsonState, mask: &mut Mask) {
-        let mut todo = vec![(0u32, state)];
-        while let Some((node, state)) = todo.pop() {
+    /// Marks every token whose bytes `state` takes, depth first through the
+    /// trie. Inside a token only the token's cursor is carried (most of the
+    /// vocabulary is text inside a string); a whole state is made where the
+    /// token ends, and becomes the base of the cursors below it.
+    fn walk(&self, schema: &Schema, state: &SchemaState, bits: &mut [u64]) {
+        let mut bases = vec![state.clone()];
+        let mut todo = vec![(0u32, Walk::At(0))];
+        while let Some((node, at)) = todo.pop() {
             for &(byte, child) in self.trie.children(node) {
-                let mut next = state;
-                if next.feed(byte) {
+                let next = match at {
+                    Walk::Token(base, cursor) => {
+                        match bases[base].step_cursor(schema, cursor, byte) {
+                            CursorStep::Go(c) => Some(Walk::Token(base, c)),
+                            CursorStep::Refused => None,
+                            CursorStep::Ends => {
+                                let whole = bases[base].with_cursor(cursor);
+                                Self::full(schema, &mut bases, whole, byte)
+                            }
+                        }
+                    }
+                    Walk::At(base) => {
+                        let whole = bases[base].clone();
+                        Self::full(schema, &mut bases, whole, byte)
+                    }
+                };
+                if let Some(next) = next {
                     for &t in self.trie.tokens(child) {
-                        mask.set(t);
+                        set_bit(bits, t);
                     }
                     todo.push((child, next));
                 }
             }
         }
     }
+
+    /// `state` after `byte` through the general path, kept as a new base.
+    fn full(
+        schema: &Schema,
+        bases: &mut Vec<SchemaState>,
+        mut state: SchemaState,
+        byte: u8,
+    ) -> Option<Walk> {
+        if !state.feed(schema, byte) {
+            return None;
+        }
+        let cursor = state.cursor();
+        bases.push(state);
+        let base = bases.len() - 1;
+        Some(match cursor {
+            Some(c) => Walk::Token(base, c),
+            None => Walk::At(base),
+        })
+    }
 }
 
-#[derive(Debug)]
-struct JsonConstraint(Arc<JsonVocab>);
+/// Where a trie walk stands: a whole state, or a token's cursor over one.
+#[derive(Clone, Copy)]
+enum Walk {
+    At(usize),
+    Token(usize, TokenCursor),
+}
 
-impl TokenConstraint for JsonConstraint {
+/// A schema over a vocabulary, with the masks of the states met so far.
+struct Masks {
+    vocab: Arc<JsonVocab>,
+    schema: Schema,
+    kept: Mutex<HashMap<SchemaState, Arc<Mask>>>,
+}
+
+impl Masks {
+    /// Which tokens can come in `state`. Should nothing be able to (a schema
+    /// whose rules cannot all be met at once), the output ends.
+    fn get(&self, state: &SchemaState) -> Arc<Mask> {
+        if let Some(m) = self.kept.lock().ok().and_then(|m| m.get(state).cloned()) {
+            return m;
+        }
+        let vocab = &self.vocab;
+        let mut bits = vec![0u64; vocab.bytes.len().div_ceil(64)];
+        vocab.walk(&self.schema, state, &mut bits);
+        let open = bits.iter().any(|&w| w != 0);
+        if !open || state.complete(&self.schema) {
+            for &e in &vocab.eos {
+                set_bit(&mut bits, e);
+            }
+        }
+        let mask = Arc::new(Mask::from_bits(bits));
+        if let Ok(mut kept) = self.kept.lock() {
+            if kept.len() >= MASKS_KEPT {
+                kept.clear();
+            }
+            kept.insert(state.clone(), mask.clone());
+        }
+        mask
+    }
+}
+
+#[derive(Clone)]
+struct SchemaConstraint(Arc<Masks>);
+
+impl std::fmt::Debug for SchemaConstraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaConstraint")
+            .field("nodes", &self.0.schema.nodes.len())
+            .finish()
+    }
+}
+
+impl TokenConstraint for SchemaConstraint {
     fn matcher(&self) -> Box<dyn ConstraintMatcher> {
-        Box::new(JsonMatcher {
-            vocab: self.0.clone(),
-            state: JsonState::new(),
+        Box::new(SchemaMatcher {
+            masks: self.clone(),
+            state: SchemaState::new(),
         })
     }
 }
 
 #[derive(Debug, Clone)]
-struct JsonMatcher {
-    vocab: Arc<JsonVocab>,
-    state: JsonState,
+struct SchemaMatcher {
+    masks: SchemaConstraint,
+    state: SchemaState,
 }
 
-impl ConstraintMatcher for JsonMatcher {
+impl ConstraintMatcher for SchemaMatcher {
     fn restrict(&self, allowed: &mut [bool]) {
-        let mask = self.vocab.mask(&self.state);
-        for (i, a) in allowed.iter_mut().enumerate() {
-            *a = *a && mask.get(i);
-        }
+        self.masks.0.get(&self.state).restrict(allowed);
     }
 
     fn accept(&mut self, token: u32) {
-        if self.vocab.eos.contains(&token) {
+        let masks = &self.masks.0;
+        if masks.vocab.eos.contains(&token) {
             return;
         }
-        let bytes = self.vocab.bytes.get(token as usize).map_or(&[][..], |b| b);
-        let mut next = self.state;
+        let bytes = masks.vocab.bytes.get(token as usize).map_or(&[][..], |b| b);
+        let mut next = self.state.clone();
         // A token the mask did not allow (nothing was allowed) leaves the state.
-        if next.feed_all(bytes) {
+        if next.feed_all(&masks.schema, bytes) {
             self.state = next;
         }
     }
@@ -239,7 +341,7 @@ mod tests {
     #[test]
     fn the_mask_follows_the_document() {
         let v = vocab();
-        let c = v.constraint();
+        let c = v.constraint(Schema::any_object());
         let mut m = c.0.matcher();
         assert_eq!(allowed(m.as_ref(), 17), vec![1, 14], "{{ or {{\"");
         m.accept(14);
@@ -257,5 +359,108 @@ mod tests {
         assert_eq!(allowed(m.as_ref(), 17), vec![0], "closed: only the end");
         // More entries than the vocabulary: the rest are not allowed.
         assert_eq!(allowed(m.as_ref(), 20), vec![0]);
+    }
+}
+
+#[cfg(test)]
+mod walks {
+    //! Random walks through masks: every allowed token keeps the document
+    //! valid, the end is allowed exactly when it is complete, and a walk never
+    //! meets a dead end (a state where only the forced end remains).
+
+    use super::*;
+    use serde_json::json;
+
+    /// Single bytes (printable ASCII, a few UTF-8 and control bytes) and pieces
+    /// that span several JSON tokens; 0 is the end of sequence.
+    fn vocab() -> Arc<JsonVocab> {
+        let mut bytes: Vec<Vec<u8>> = vec![Vec::new()];
+        bytes.extend((0x20..0x7Fu8).map(|b| vec![b]));
+        for p in [
+            "\n", "\t", "é", "😀", "\": \"", "\", \"", "\"}", "}]", "\":", "true", "null", "12",
+            "0.5", "-3", "\\u00e9", "\\n", "  ", "mild", "severe", "2026-", "11-29", "{\"", "[{",
+        ] {
+            bytes.push(p.as_bytes().to_vec());
+        }
+        // Half a character, and what completes it (as byte-fallback tokens do).
+        bytes.push(vec![0xC3]);
+        bytes.extend((0x80..0xC0u8).map(|b| vec![b]));
+        Arc::new(JsonVocab::new(bytes, vec![0]))
+    }
+
+    fn schemas() -> Vec<Schema> {
+        let mut list = vec![Schema::any_object()];
+        for s in [
+            json!({"type": "object", "properties": {
+                "severity": {"enum": ["mild", "moderate", "severe"]},
+                "size": {"type": "number", "minimum": -5, "maximum": 250.5},
+                "count": {"type": "integer", "exclusiveMinimum": 3, "maximum": 40},
+                "date": {"type": "string", "format": "date"},
+                "code": {"type": "string", "pattern": "^[A-Z][0-9]{2}(\\.[0-9])?$"},
+                "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "minItems": 1, "maxItems": 3},
+                "other": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {"x": {"type": "boolean"}}, "required": ["x"]}]}
+            }, "required": ["severity", "size", "count", "date", "code", "tags", "other"], "additionalProperties": false}),
+            json!({"type": "array", "items": {"type": "integer", "minimum": 100}, "minItems": 2}),
+            json!({"type": "object", "additionalProperties": {"type": "string"}, "minProperties": 1}),
+        ] {
+            list.push(Schema::compile(&s).unwrap());
+        }
+        list
+    }
+
+    #[test]
+    fn walks_stay_valid_and_never_meet_a_dead_end() {
+        let vocab = vocab();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let closing = |t: usize| t == 0 || vocab.bytes[t].iter().any(|b| b"\"}]".contains(b));
+        for schema in schemas() {
+            let masks = Arc::new(Masks {
+                vocab: vocab.clone(),
+                schema,
+                kept: Mutex::new(HashMap::new()),
+            });
+            let constraint = SchemaConstraint(masks.clone());
+            let mut completed = 0;
+            for _ in 0..60 {
+                let mut m = constraint.matcher();
+                let mut text = Vec::new();
+                for _ in 0..400 {
+                    let mut a = vec![true; vocab.bytes.len()];
+                    m.restrict(&mut a);
+                    let allowed: Vec<usize> = (0..a.len()).filter(|&i| a[i]).collect();
+                    let mut probe = SchemaState::new();
+                    assert!(probe.feed_all(&masks.schema, &text));
+                    let complete = probe.complete(&masks.schema);
+                    let shown = String::from_utf8_lossy(&text).into_owned();
+                    assert_eq!(allowed.contains(&0), complete, "{shown}");
+                    assert!(
+                        !allowed.is_empty() && (allowed != [0] || complete),
+                        "dead end after {shown}"
+                    );
+                    // Closing pieces half of the time, so that walks finish.
+                    let pool: Vec<usize> = match next() % 2 {
+                        0 => allowed.iter().copied().filter(|&t| closing(t)).collect(),
+                        _ => Vec::new(),
+                    };
+                    let pool = if pool.is_empty() { &allowed } else { &pool };
+                    let t = pool[(next() % pool.len() as u64) as usize];
+                    if t == 0 {
+                        serde_json::from_slice::<serde_json::Value>(&text)
+                            .unwrap_or_else(|e| panic!("{e}: {shown}"));
+                        completed += 1;
+                        break;
+                    }
+                    text.extend_from_slice(&vocab.bytes[t]);
+                    m.accept(t as u32);
+                }
+            }
+            assert!(completed > 0, "no walk finished");
+        }
     }
 }

@@ -2,12 +2,19 @@
 //! template, loaded from the checkpoint folder. No token id is hard-coded.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
+use medgemma_core::Constraint;
 use serde_json::Value as Json;
 use tokenizers::Tokenizer;
 
 use crate::error::PreprocessError;
+use crate::json_mode::JsonVocab;
+use crate::schema::{Schema, SchemaError};
 use crate::template::{ChatTemplate, TemplateMessage};
+
+/// Schemas whose constraints (and masks) are kept.
+const CONSTRAINTS_KEPT: usize = 16;
 
 /// Special tokens the server needs, as the checkpoint defines them.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,8 +30,10 @@ pub struct TextProcessor {
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     special: SpecialTokens,
-    /// The vocabulary as JSON mode walks it, built on first use.
-    json: std::sync::OnceLock<std::sync::Arc<crate::json_mode::JsonVocab>>,
+    /// The vocabulary as constrained output walks it, built on first use.
+    json: std::sync::OnceLock<Arc<JsonVocab>>,
+    /// Constraints of the schemas used last, the newest last.
+    constraints: Mutex<Vec<(String, Constraint)>>,
 }
 
 impl TextProcessor {
@@ -73,6 +82,7 @@ impl TextProcessor {
                 stop_token_ids,
             },
             json: std::sync::OnceLock::new(),
+            constraints: Mutex::new(Vec::new()),
         })
     }
 
@@ -152,10 +162,11 @@ impl TextProcessor {
         self.decode(&[id], false).unwrap_or_default().into_bytes()
     }
 
-    /// JSON mode's constraint for this vocabulary (the first call walks the
-    /// vocabulary once: special tokens are never text, every other token is its bytes).
-    pub fn json_constraint(&self) -> medgemma_core::Constraint {
-        let vocab = self.json.get_or_init(|| {
+    /// The vocabulary as constrained output walks it, built on first use (a walk
+    /// of the vocabulary: special tokens are never text, every other token is its
+    /// bytes).
+    fn json_vocab(&self) -> &Arc<JsonVocab> {
+        self.json.get_or_init(|| {
             let special: std::collections::HashSet<u32> = self
                 .tokenizer
                 .get_added_tokens_decoder()
@@ -171,9 +182,31 @@ impl TextProcessor {
                 })
                 .collect();
             let eos = self.special.stop_token_ids.clone();
-            std::sync::Arc::new(crate::json_mode::JsonVocab::new(bytes, eos))
-        });
-        vocab.constraint()
+            Arc::new(JsonVocab::new(bytes, eos))
+        })
+    }
+
+    /// The constraint that the output is a JSON document `schema` accepts (JSON
+    /// mode, any object, when `None`). The constraints of the schemas used last
+    /// are kept, with the masks they have built.
+    pub fn json_constraint(&self, schema: Option<&Json>) -> Result<Constraint, SchemaError> {
+        let key = schema.map(Json::to_string).unwrap_or_default();
+        let mut kept = self.constraints.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = kept.iter().position(|(k, _)| *k == key) {
+            let hit = kept.remove(i);
+            kept.push(hit.clone());
+            return Ok(hit.1);
+        }
+        let compiled = match schema {
+            Some(s) => Schema::compile(s)?,
+            None => Schema::any_object(),
+        };
+        let constraint = self.json_vocab().constraint(compiled);
+        if kept.len() >= CONSTRAINTS_KEPT {
+            kept.remove(0);
+        }
+        kept.push((key, constraint.clone()));
+        Ok(constraint)
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

@@ -14,7 +14,7 @@ pub use chat::{
 };
 pub use completion::{CompletionRequest, PromptInput};
 pub use error::{ErrorBody, ErrorDetail, ProtocolError};
-pub use sampling::{SamplingFields, ValidSampling};
+pub use sampling::{OutputFormat, SamplingFields, ValidSampling};
 
 /// Parses a JSON body into `T`, naming the offending field in the error.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {

@@ -32,7 +32,7 @@ pub struct SamplingFields {
     pub min_tokens: Option<i64>,
     pub user: Option<String>,
     pub cache_salt: Option<String>,
-    /// `text` or `json_object` (JSON mode); a JSON schema is refused.
+    /// `text`, `json_object` (JSON mode) or `json_schema` (structured output).
     pub response_format: Option<Value>,
 }
 
@@ -55,8 +55,26 @@ pub struct ValidSampling {
     pub min_tokens: usize,
     /// Only requests with the same salt share prefix-cache blocks.
     pub cache_salt: Option<String>,
-    /// `response_format: {"type": "json_object"}`: the answer is one JSON object.
-    pub json_object: bool,
+    /// `response_format`: free text, one JSON object, or JSON that a schema accepts.
+    pub format: OutputFormat,
+}
+
+/// What the answer must be.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    /// `{"type": "json_object"}`: one JSON object.
+    JsonObject,
+    /// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`: a
+    /// JSON document the schema accepts (compiled where the vocabulary is known).
+    JsonSchema { name: String, schema: Value },
+}
+
+impl OutputFormat {
+    pub fn is_json(&self) -> bool {
+        !matches!(self, OutputFormat::Text)
+    }
 }
 
 pub const MAX_N: i64 = 16;
@@ -73,26 +91,43 @@ fn range(param: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<Option<f32>, P
 }
 
 impl SamplingFields {
-    /// Whether the answer must be one JSON object (`json_object`); `text` or none
-    /// is free text. A JSON schema (structured output) is refused: a client that
-    /// asks for one relies on it.
-    fn json_object(&self) -> Result<bool, ProtocolError> {
+    /// The answer's format: `text` (or none), `json_object`, or `json_schema`
+    /// with its schema.
+    fn format(&self) -> Result<OutputFormat, ProtocolError> {
         let Some(format) = self.response_format.as_ref().filter(|v| !v.is_null()) else {
-            return Ok(false);
+            return Ok(OutputFormat::Text);
         };
+        let bad = |msg: String| ProtocolError::param("response_format", msg);
         match format.get("type").and_then(Value::as_str) {
-            Some("text") => Ok(false),
-            Some("json_object") => Ok(true),
+            Some("text") => Ok(OutputFormat::Text),
+            Some("json_object") => Ok(OutputFormat::JsonObject),
+            Some("json_schema") => {
+                let spec = format.get("json_schema").filter(|v| v.is_object()).ok_or_else(|| {
+                    bad("'response_format' json_schema needs 'json_schema': {\"name\": ..., \"schema\": {...}}".into())
+                })?;
+                let name = match spec.get("name") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(n)) if n.len() <= 64 => n.clone(),
+                    Some(_) => return Err(bad("'response_format.json_schema.name' must be a string of at most 64 characters".into())),
+                };
+                match spec.get("schema") {
+                    Some(schema @ (Value::Object(_) | Value::Bool(_))) => {
+                        Ok(OutputFormat::JsonSchema {
+                            name,
+                            schema: schema.clone(),
+                        })
+                    }
+                    _ => Err(bad(
+                        "'response_format.json_schema.schema' must be a JSON Schema (an object)"
+                            .into(),
+                    )),
+                }
+            }
             kind => {
                 let kind = kind.map_or("without a type".to_string(), |k| format!("{k:?}"));
-                Err(ProtocolError::param(
-                    "response_format",
-                    format!(
-                        "'response_format' {kind} is not supported: the server answers in free \
-                         text or, with {{\"type\": \"json_object\"}}, one JSON object (describe \
-                         the schema in the prompt)"
-                    ),
-                ))
+                Err(bad(format!(
+                    "'response_format' {kind} is not supported (text, json_object or json_schema)"
+                )))
             }
         }
     }
@@ -162,15 +197,15 @@ impl SamplingFields {
                 "'cache_salt' must be a non-empty string when given",
             ));
         }
-        let json_object = self.json_object()?;
-        if json_object && self.ignore_eos == Some(true) {
+        let format = self.format()?;
+        if format.is_json() && self.ignore_eos == Some(true) {
             return Err(ProtocolError::param(
                 "ignore_eos",
-                "'ignore_eos' cannot be used with JSON mode: nothing may follow the object",
+                "'ignore_eos' cannot be used with a JSON response_format: nothing may follow the document",
             ));
         }
         Ok(ValidSampling {
-            json_object,
+            format,
             cache_salt: self.cache_salt.clone(),
             max_tokens: max_tokens.map(|(_, v)| v as usize),
             temperature: range("temperature", self.temperature, 0.0, 2.0)?,
@@ -283,5 +318,50 @@ mod tests {
         assert_eq!(v.stop, vec!["x"]);
         assert_eq!(v.top_k, Some(0));
         assert_eq!((v.n, v.temperature, v.repetition_penalty), (1, None, 1.0));
+    }
+
+    #[test]
+    fn response_formats() {
+        assert_eq!(check(r#"{}"#).unwrap().format, OutputFormat::Text);
+        assert_eq!(
+            check(r#"{"response_format":{"type":"text"}}"#)
+                .unwrap()
+                .format,
+            OutputFormat::Text
+        );
+        assert_eq!(
+            check(r#"{"response_format":{"type":"json_object"}}"#)
+                .unwrap()
+                .format,
+            OutputFormat::JsonObject
+        );
+        let v = check(
+            r#"{"response_format":{"type":"json_schema","json_schema":{"name":"report","strict":true,
+                "schema":{"type":"object","properties":{"a":{"type":"integer"}}}}}}"#,
+        )
+        .unwrap();
+        match v.format {
+            OutputFormat::JsonSchema { name, schema } => {
+                assert_eq!(name, "report");
+                assert_eq!(schema["properties"]["a"]["type"], "integer");
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#"{"response_format":{"type":"json_schema"}}"#,
+            r#"{"response_format":{"type":"json_schema","json_schema":{"name":"x"}}}"#,
+            r#"{"response_format":{"type":"json_schema","json_schema":{"schema":"string"}}}"#,
+            r#"{"response_format":{"type":"json_schema","json_schema":{"name":7,"schema":{}}}}"#,
+            r#"{"response_format":{"type":"grammar"}}"#,
+            r#"{"response_format":{}}"#,
+            r#"{"response_format":{"type":"json_schema","json_schema":{"schema":{}}},"ignore_eos":true}"#,
+        ] {
+            let e = check(bad).unwrap_err();
+            assert!(
+                e.param.as_deref() == Some("response_format")
+                    || e.param.as_deref() == Some("ignore_eos"),
+                "{bad}: {e:?}"
+            );
+        }
     }
 }

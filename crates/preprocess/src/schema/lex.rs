@@ -1,0 +1,123 @@
+//! The token being read: a key, a string, a number or a literal, one byte at a
+//! time, with what the schema asks of it (key names, length, pattern, bounds).
+//! Keys are here; strings in `string`, numbers and literals in `number`.
+
+use super::node::ObjectRule;
+pub(crate) use super::number::{LitLex, NumLex};
+pub(crate) use super::string::StrLex;
+
+/// What one byte does to the token.
+pub(crate) enum Step {
+    /// Taken; the token goes on.
+    Go(Lex),
+    /// Taken, and it ended the value (a closing quote, the last byte of a literal).
+    Done,
+    /// The value ended just before this byte, which belongs to what follows.
+    Ended,
+    /// A key ended (its closing quote): the property it names.
+    Key(Prop),
+    No,
+}
+
+/// Which schema a member's value follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Prop {
+    /// `properties[i]`.
+    Declared(u8),
+    /// `additionalProperties`.
+    Additional,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Lex {
+    /// Between tokens.
+    Between,
+    Key(KeyLex),
+    Str(StrLex),
+    Num(NumLex),
+    Lit(LitLex),
+}
+
+/// Inside a key: the listed keys it can still be (a bit each), and whether it
+/// can still be a key not listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct KeyLex {
+    candidates: u64,
+    offset: u16,
+    free: bool,
+    escape: bool,
+    utf8: u8,
+}
+
+impl KeyLex {
+    /// After the opening quote. Listed keys already seen are candidates only
+    /// when unlisted keys may come (so that a repeat is recognized and refused).
+    pub fn open(rule: &ObjectRule, seen: u64) -> Self {
+        let all = if rule.props.len() >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << rule.props.len()) - 1
+        };
+        let free = rule.additional.is_some();
+        Self {
+            candidates: if free { all } else { all & !seen },
+            offset: 0,
+            free,
+            escape: false,
+            utf8: 0,
+        }
+    }
+
+    pub fn step(self, rule: &ObjectRule, seen: u64, b: u8) -> Step {
+        if b == b'"' && !self.escape && self.utf8 == 0 {
+            let exact = (0..rule.props.len()).find(|&i| {
+                self.candidates & (1 << i) != 0 && rule.props[i].0.len() == self.offset as usize
+            });
+            return match exact {
+                Some(i) if seen & (1 << i) == 0 => Step::Key(Prop::Declared(i as u8)),
+                Some(_) => Step::No,
+                None if self.free => Step::Key(Prop::Additional),
+                None => Step::No,
+            };
+        }
+        let at = self.offset as usize;
+        let mut candidates = 0u64;
+        for (i, (key, _)) in rule.props.iter().enumerate() {
+            if self.candidates & (1 << i) != 0 && key.get(at) == Some(&b) {
+                candidates |= 1 << i;
+            }
+        }
+        let utf8 = if self.free {
+            next_utf8(self.utf8, b)
+        } else {
+            None
+        };
+        let free = self.free && b != b'\\' && utf8.is_some();
+        if candidates == 0 && !free {
+            return Step::No;
+        }
+        Step::Go(Lex::Key(Self {
+            candidates,
+            // Past every listed key the offset no longer matters (one state).
+            offset: if candidates == 0 { 0 } else { self.offset + 1 },
+            free,
+            escape: !self.escape && b == b'\\',
+            utf8: utf8.unwrap_or(0),
+        }))
+    }
+}
+
+/// UTF-8 continuation bytes still due after `b`, if `b` is valid string content.
+pub(crate) fn next_utf8(due: u8, b: u8) -> Option<u8> {
+    if due > 0 {
+        return (0x80..=0xBF).contains(&b).then_some(due - 1);
+    }
+    match b {
+        0x00..=0x1F | 0x7F => None,
+        0x20..=0x7E => Some(0),
+        0xC2..=0xDF => Some(1),
+        0xE0..=0xEF => Some(2),
+        0xF0..=0xF4 => Some(3),
+        _ => None,
+    }
+}

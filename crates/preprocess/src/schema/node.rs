@@ -1,0 +1,99 @@
+//! The compiled schema: a graph of nodes, each a rule for one JSON value.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::pattern::Pattern;
+use super::NodeId;
+
+/// Bound on a number: the value and whether it is exclusive.
+pub(crate) type Bound = Option<(f64, bool)>;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct NumberRule {
+    pub integer: bool,
+    pub min: Bound,
+    pub max: Bound,
+}
+
+impl NumberRule {
+    pub fn bounded(&self) -> bool {
+        self.min.is_some() || self.max.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StringRule {
+    pub min_chars: u32,
+    pub max_chars: Option<u32>,
+    /// Index into [`Schema::patterns`].
+    pub pattern: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ArrayRule {
+    pub prefix: Vec<NodeId>,
+    /// After the prefix; `None`: nothing more.
+    pub items: Option<NodeId>,
+    pub min: u32,
+    pub max: Option<u32>,
+}
+
+impl ArrayRule {
+    /// The schema of element `i`, if there may be one.
+    pub fn element(&self, i: u32) -> Option<NodeId> {
+        self.prefix.get(i as usize).copied().or(self.items)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ObjectRule {
+    /// Keys as they appear between the quotes (JSON-escaped), and their schemas.
+    pub props: Vec<(Box<[u8]>, NodeId)>,
+    /// Bit `i`: `props[i]` must come.
+    pub required: u64,
+    /// The schema of keys not listed; `None`: they are refused.
+    pub additional: Option<NodeId>,
+    pub min: u32,
+    pub max: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Node {
+    /// One of these documents exactly (compact, sorted, distinct): `enum`,
+    /// `const`, booleans and null.
+    Literals(Vec<Box<[u8]>>),
+    Number(NumberRule),
+    String(StringRule),
+    Array(ArrayRule),
+    Object(ObjectRule),
+    /// Any of these (an empty list: nothing, the schema `false`).
+    AnyOf(Vec<NodeId>),
+}
+
+/// A compiled schema: `nodes[root]` is the document.
+#[derive(Debug)]
+pub struct Schema {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) patterns: Vec<Arc<Pattern>>,
+    pub(crate) root: NodeId,
+}
+
+/// Nodes every schema has, at these ids.
+pub(crate) const ANY: NodeId = 0;
+pub(crate) const ANY_OBJECT: NodeId = 1;
+pub(crate) const ANY_ARRAY: NodeId = 2;
+pub(crate) const ANY_STRING: NodeId = 3;
+pub(crate) const ANY_NUMBER: NodeId = 4;
+pub(crate) const ANY_LITERAL: NodeId = 5;
+
+pub(crate) fn literals<'a>(docs: impl IntoIterator<Item = &'a Value>) -> Node {
+    let mut list: Vec<Box<[u8]>> = docs
+        .into_iter()
+        .map(|v| serde_json::to_vec(v).unwrap_or_default().into_boxed_slice())
+        .collect();
+    list.sort();
+    list.dedup();
+    Node::Literals(list)
+}
