@@ -9,7 +9,7 @@ use medgemma_core::{
     Constraint, FinishReason, GenerateRequest, Prompt, SamplingParams, StopCriteria, TokenEvent,
     TokenLogprobs,
 };
-use medgemma_preprocess::{IncrementalDetokenizer, TextProcessor};
+use medgemma_preprocess::{IncrementalDetokenizer, OutputRule, TextProcessor};
 use medgemma_protocol::{OutputFormat, ValidSampling};
 use medgemma_scheduler::EventStream;
 
@@ -62,17 +62,17 @@ pub fn sampling_params(
 /// The constraint of a JSON `response_format`; a schema that cannot be
 /// enforced is refused, naming the part of it that cannot.
 fn constraint(format: &OutputFormat, text: &TextProcessor) -> Result<Option<Constraint>, ApiError> {
-    let schema = match format {
-        OutputFormat::Text => return Ok(None),
-        OutputFormat::JsonObject => None,
-        OutputFormat::JsonSchema { schema, .. } => Some(schema),
+    let answer = match format {
+        OutputFormat::Text => None,
+        OutputFormat::JsonObject => Some(None),
+        OutputFormat::JsonSchema { schema, .. } => Some(Some(schema)),
     };
-    text.json_constraint(schema).map(Some).map_err(|e| {
-        ApiError::bad_request(
-            format!("response_format.json_schema.schema: {e}"),
-            Some("response_format"),
-        )
-    })
+    let rule = OutputRule {
+        answer,
+        tools: None,
+    };
+    text.output_constraint(&rule)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some(e.param)))
 }
 
 /// Refuses a request that needs more sequences (prompts × `n`) than the queue

@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use medgemma_core::{Constraint, ConstraintMatcher, TokenConstraint};
+use medgemma_core::Constraint;
+
+use crate::json_matcher::SchemaConstraint;
 
 use crate::schema::{CursorStep, Schema, SchemaState, TokenCursor};
 
@@ -21,7 +23,7 @@ const MASKS_KEPT: usize = 256;
 /// The tokens allowed in one state: a bit per token, or their list when they
 /// are few (a key, a number, punctuation).
 #[derive(Debug)]
-enum Mask {
+pub(crate) enum Mask {
     Bits(Vec<u64>),
     List(Vec<u32>),
 }
@@ -45,7 +47,7 @@ impl Mask {
     }
 
     /// Clears `allowed[t]` for every token not in the mask.
-    fn restrict(&self, allowed: &mut [bool]) {
+    pub(crate) fn restrict(&self, allowed: &mut [bool]) {
         match self {
             Mask::Bits(bits) => {
                 for (i, a) in allowed.iter_mut().enumerate() {
@@ -138,8 +140,8 @@ fn offsets(lens: impl Iterator<Item = usize>) -> Vec<u32> {
 /// The vocabulary's byte strings, for constrained output; built once per tokenizer.
 pub struct JsonVocab {
     trie: Trie,
-    bytes: Vec<Box<[u8]>>,
-    eos: Vec<u32>,
+    pub(crate) bytes: Vec<Box<[u8]>>,
+    pub(crate) eos: Vec<u32>,
 }
 
 impl std::fmt::Debug for JsonVocab {
@@ -165,11 +167,22 @@ impl JsonVocab {
     /// The constraint that the output follows `schema`; requests that share it
     /// share its masks.
     pub fn constraint(self: &Arc<Self>, schema: Schema) -> Constraint {
-        Constraint(Arc::new(SchemaConstraint(Arc::new(Masks {
+        self.with_masks(schema, false)
+    }
+
+    /// Free text, unless the output starts with `[`: then it is what `schema`
+    /// accepts (tool calls that the model may or may not make).
+    pub fn triggered_constraint(self: &Arc<Self>, schema: Schema) -> Constraint {
+        self.with_masks(schema, true)
+    }
+
+    fn with_masks(self: &Arc<Self>, schema: Schema, triggered: bool) -> Constraint {
+        let masks = Arc::new(Masks {
             vocab: self.clone(),
             schema,
             kept: Mutex::new(HashMap::new()),
-        }))))
+        });
+        Constraint(Arc::new(SchemaConstraint { masks, triggered }))
     }
 
     /// Marks every token whose bytes `state` takes, depth first through the
@@ -235,16 +248,16 @@ enum Walk {
 }
 
 /// A schema over a vocabulary, with the masks of the states met so far.
-struct Masks {
-    vocab: Arc<JsonVocab>,
-    schema: Schema,
+pub(crate) struct Masks {
+    pub(crate) vocab: Arc<JsonVocab>,
+    pub(crate) schema: Schema,
     kept: Mutex<HashMap<SchemaState, Arc<Mask>>>,
 }
 
 impl Masks {
     /// Which tokens can come in `state`. Should nothing be able to (a schema
     /// whose rules cannot all be met at once), the output ends.
-    fn get(&self, state: &SchemaState) -> Arc<Mask> {
+    pub(crate) fn get(&self, state: &SchemaState) -> Arc<Mask> {
         if let Some(m) = self.kept.lock().ok().and_then(|m| m.get(state).cloned()) {
             return m;
         }
@@ -268,57 +281,10 @@ impl Masks {
     }
 }
 
-#[derive(Clone)]
-struct SchemaConstraint(Arc<Masks>);
-
-impl std::fmt::Debug for SchemaConstraint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SchemaConstraint")
-            .field("nodes", &self.0.schema.nodes.len())
-            .finish()
-    }
-}
-
-impl TokenConstraint for SchemaConstraint {
-    fn matcher(&self) -> Box<dyn ConstraintMatcher> {
-        Box::new(SchemaMatcher {
-            masks: self.clone(),
-            state: SchemaState::new(),
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-struct SchemaMatcher {
-    masks: SchemaConstraint,
-    state: SchemaState,
-}
-
-impl ConstraintMatcher for SchemaMatcher {
-    fn restrict(&self, allowed: &mut [bool]) {
-        self.masks.0.get(&self.state).restrict(allowed);
-    }
-
-    fn accept(&mut self, token: u32) {
-        let masks = &self.masks.0;
-        if masks.vocab.eos.contains(&token) {
-            return;
-        }
-        let bytes = masks.vocab.bytes.get(token as usize).map_or(&[][..], |b| b);
-        let mut next = self.state.clone();
-        // A token the mask did not allow (nothing was allowed) leaves the state.
-        if next.feed_all(&masks.schema, bytes) {
-            self.state = next;
-        }
-    }
-
-    fn box_clone(&self) -> Box<dyn ConstraintMatcher> {
-        Box::new(self.clone())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use medgemma_core::ConstraintMatcher;
+
     use super::*;
 
     /// A toy vocabulary: 0 is end of sequence, the rest pieces of JSON and text.
@@ -368,6 +334,8 @@ mod walks {
     //! valid, the end is allowed exactly when it is complete, and a walk never
     //! meets a dead end (a state where only the forced end remains).
 
+    use medgemma_core::TokenConstraint;
+
     use super::*;
     use serde_json::json;
 
@@ -401,7 +369,11 @@ mod walks {
                 "other": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {"x": {"type": "boolean"}}, "required": ["x"]}]}
             }, "required": ["severity", "size", "count", "date", "code", "tags", "other"], "additionalProperties": false}),
             json!({"type": "array", "items": {"type": "integer", "minimum": 100}, "minItems": 2}),
-            json!({"type": "object", "additionalProperties": {"type": "string"}, "minProperties": 1}),
+            json!({"type": "object", "additionalProperties": {"type": "string"}}),
+            // Room must be left for the required key.
+            json!({"type": "object", "properties": {"a": {"type": "string", "maxLength": 2},
+                "b": {"type": "integer"}, "c": {"type": "boolean"}},
+                "required": ["c"], "minProperties": 1, "maxProperties": 2}),
         ] {
             list.push(Schema::compile(&s).unwrap());
         }
@@ -425,7 +397,10 @@ mod walks {
                 schema,
                 kept: Mutex::new(HashMap::new()),
             });
-            let constraint = SchemaConstraint(masks.clone());
+            let constraint = SchemaConstraint {
+                masks: masks.clone(),
+                triggered: false,
+            };
             let mut completed = 0;
             for _ in 0..60 {
                 let mut m = constraint.matcher();

@@ -10,10 +10,10 @@ use tokenizers::Tokenizer;
 
 use crate::error::PreprocessError;
 use crate::json_mode::JsonVocab;
-use crate::schema::{Schema, SchemaError};
+use crate::output_rule::{OutputRule, RuleError};
 use crate::template::{ChatTemplate, TemplateMessage};
 
-/// Schemas whose constraints (and masks) are kept.
+/// Output rules whose constraints (and masks) are kept.
 const CONSTRAINTS_KEPT: usize = 16;
 
 /// Special tokens the server needs, as the checkpoint defines them.
@@ -186,27 +186,30 @@ impl TextProcessor {
         })
     }
 
-    /// The constraint that the output is a JSON document `schema` accepts (JSON
-    /// mode, any object, when `None`). The constraints of the schemas used last
-    /// are kept, with the masks they have built.
-    pub fn json_constraint(&self, schema: Option<&Json>) -> Result<Constraint, SchemaError> {
-        let key = schema.map(Json::to_string).unwrap_or_default();
+    /// The constraint of an output rule (`None` for free text). The constraints
+    /// of the rules used last are kept, with the masks they have built.
+    pub fn output_constraint(&self, rule: &OutputRule) -> Result<Option<Constraint>, RuleError> {
+        if rule.is_free() {
+            return Ok(None);
+        }
+        let key = rule.key();
         let mut kept = self.constraints.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = kept.iter().position(|(k, _)| *k == key) {
             let hit = kept.remove(i);
             kept.push(hit.clone());
-            return Ok(hit.1);
+            return Ok(Some(hit.1));
         }
-        let compiled = match schema {
-            Some(s) => Schema::compile(s)?,
-            None => Schema::any_object(),
+        let compiled = rule.compile()?;
+        let vocab = self.json_vocab();
+        let constraint = match compiled.triggered {
+            true => vocab.triggered_constraint(compiled.schema),
+            false => vocab.constraint(compiled.schema),
         };
-        let constraint = self.json_vocab().constraint(compiled);
         if kept.len() >= CONSTRAINTS_KEPT {
             kept.remove(0);
         }
         kept.push((key, constraint.clone()));
-        Ok(constraint)
+        Ok(Some(constraint))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

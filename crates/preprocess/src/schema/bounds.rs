@@ -34,7 +34,8 @@ fn reachable(text: &[u8], integer: bool) -> Vec<(End, End)> {
         let frac = &rest[d + 1..];
         let v = parse(rest).unwrap_or(0.0);
         let step = 10f64.powi(-(frac.len() as i32));
-        spans.push((closed(v), open(v + step)));
+        // Beyond f64's precision a step adds nothing: the next double is the end.
+        spans.push((closed(v), open((v + step).max(v.next_up()))));
     } else {
         let i = parse(int).unwrap_or(0.0);
         // More integer digits cannot follow a leading zero.
@@ -128,6 +129,12 @@ fn meets(a: (End, End), b: (End, End)) -> bool {
         },
     };
     lo.v < hi.v || (lo.v == hi.v && !lo.open && !hi.open)
+}
+
+/// Whether no number (no integer, for an integer rule) is within the bounds.
+pub(crate) fn empty(rule: &NumberRule) -> bool {
+    let (lo, hi) = limits(rule);
+    lo.v > hi.v || (lo.v == hi.v && (lo.open || hi.open))
 }
 
 /// Whether the number begun as `text` (`-`, digits, a dot and digits) can

@@ -9,8 +9,9 @@
 //! `nullable`. Annotations are ignored. Anything else is an error naming the
 //! keyword and where it is: a client that asks for a constraint relies on it.
 //!
-//! Properties not listed are refused unless `additionalProperties` allows them:
-//! the schema lists what may come (as OpenAI's strict mode requires anyway).
+//! Where a schema lists `properties`, others are refused unless
+//! `additionalProperties` allows them: the schema lists what may come (as
+//! OpenAI's strict mode requires anyway). Without `properties`, any key may come.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +28,53 @@ use super::node::{
 };
 use super::pattern::Pattern;
 use super::NodeId;
+
+/// Which nodes accept some value: every rule but a union, and a union with a
+/// member that does (a `$ref` cycle that never reaches a rule accepts nothing).
+fn productive(nodes: &[Node]) -> Vec<bool> {
+    let mut ok: Vec<bool> = nodes.iter().map(|n| !matches!(n, Node::AnyOf(_))).collect();
+    loop {
+        let mut changed = false;
+        for (i, n) in nodes.iter().enumerate() {
+            if let Node::AnyOf(list) = n {
+                if !ok[i] && list.iter().any(|&m| ok[m as usize]) {
+                    ok[i] = true;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return ok;
+        }
+    }
+}
+
+/// Refuses property counts that cannot be enforced or met: keys not listed are
+/// not remembered (a repeat would count twice), and the required keys must fit.
+fn check_counts(
+    props: &[(Box<[u8]>, NodeId)],
+    required: u64,
+    additional: Option<NodeId>,
+    min: u32,
+    max: Option<u32>,
+    path: &str,
+) -> Result<(), SchemaError> {
+    let counted = min > 0 || max.is_some();
+    if counted && additional.is_some() {
+        return Err(err(
+            path,
+            "'minProperties'/'maxProperties' cannot be enforced where keys not listed may come \
+             (set 'additionalProperties': false)",
+        ));
+    }
+    if max.is_some_and(|m| m < required.count_ones() || m < min) || (min as usize) > props.len() {
+        return Err(err(
+            path,
+            "no object meets 'required', 'minProperties' and 'maxProperties'",
+        ));
+    }
+    Ok(())
+}
 
 /// Most properties one object may declare.
 pub const MAX_PROPERTIES: usize = 64;
@@ -57,6 +105,12 @@ impl Schema {
     pub fn compile(schema: &Value) -> Result<Self, SchemaError> {
         let mut c = Compiler::new(schema);
         let root = c.node(schema, "#")?;
+        if !productive(&c.nodes)[root as usize] {
+            return Err(err(
+                "#",
+                "the schema accepts no document (a '$ref' cycle, or 'false')",
+            ));
+        }
         Ok(Self {
             nodes: c.nodes,
             patterns: c.patterns,
@@ -290,7 +344,9 @@ impl<'a> Compiler<'a> {
                 props.push((raw_key(k), id));
             }
         }
+        // Without `properties`, an object may hold any keys (`{"type": "object"}`).
         let additional = match map.get("additionalProperties") {
+            None if !map.contains_key("properties") => Some(ANY),
             None | Some(Value::Bool(false)) => None,
             Some(s) => Some(self.node(s, &format!("{path}/additionalProperties"))?),
         };
@@ -298,6 +354,12 @@ impl<'a> Compiler<'a> {
         for name in names(map.get("required"), &format!("{path}/required"))? {
             let key = raw_key(name);
             match props.iter().position(|(k, _)| *k == key) {
+                Some(i) if self.nodes[props[i].1 as usize] == Node::AnyOf(vec![]) => {
+                    return Err(err(
+                        &format!("{path}/properties/{}", escape_pointer(name)),
+                        "a required property whose schema accepts nothing",
+                    ))
+                }
                 Some(i) => required |= 1 << i,
                 None => {
                     return Err(err(
@@ -307,12 +369,15 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
+        let min = count(map, "minProperties", path)?.unwrap_or(0);
+        let max = count(map, "maxProperties", path)?;
+        check_counts(&props, required, additional, min, max, path)?;
         Ok(ObjectRule {
             props,
             required,
             additional,
-            min: count(map, "minProperties", path)?.unwrap_or(0),
-            max: count(map, "maxProperties", path)?,
+            min,
+            max,
         })
     }
 
@@ -362,14 +427,19 @@ impl<'a> Compiler<'a> {
                 Some(self.pattern(Pattern::search(p), &path)?)
             }
             (None, Some(f)) => match format_pattern(f) {
-                Some(p) => Some(self.pattern(Pattern::whole(p), &format!("{path}/format"))?),
+                Some(p) => Some(self.pattern(Pattern::whole(&p), &format!("{path}/format"))?),
                 None => None,
             },
             (None, None) => None,
         };
+        let min_chars = count(map, "minLength", path)?.unwrap_or(0);
+        let max_chars = count(map, "maxLength", path)?;
+        if max_chars.is_some_and(|m| m < min_chars) {
+            return Err(err(path, "'minLength' is above 'maxLength'"));
+        }
         Ok(StringRule {
-            min_chars: count(map, "minLength", path)?.unwrap_or(0),
-            max_chars: count(map, "maxLength", path)?,
+            min_chars,
+            max_chars,
             pattern,
         })
     }

@@ -111,6 +111,9 @@ pub(crate) fn implied_type(map: &Map<String, Value>) -> Option<&'static str> {
     }
 }
 
+/// Largest bound (in magnitude): integers up to it are exact as doubles.
+const MAX_BOUND: f64 = 9_007_199_254_740_992.0;
+
 pub(crate) fn number(
     integer: bool,
     map: &Map<String, Value>,
@@ -160,12 +163,19 @@ pub(crate) fn number(
         flag("exclusiveMaximum"),
         |a, b| a < b,
     );
-    if let (Some((lo, _)), Some((hi, _))) = (min, max) {
-        if lo > hi {
-            return Err(err(path, "the minimum is above the maximum"));
-        }
+    if [min, max]
+        .iter()
+        .flatten()
+        .any(|(b, _)| b.abs() > MAX_BOUND)
+    {
+        return Err(err(path, "bounds must be within ±2^53 (9007199254740992)"));
     }
-    Ok(NumberRule { integer, min, max })
+    let rule = NumberRule { integer, min, max };
+    if super::bounds::empty(&rule) {
+        let what = if integer { "integer" } else { "number" };
+        return Err(err(path, format!("no {what} is within the bounds")));
+    }
+    Ok(rule)
 }
 
 pub(crate) fn count(
@@ -217,21 +227,28 @@ pub(crate) fn escape_pointer(k: &str) -> String {
     k.replace('~', "~0").replace('/', "~1")
 }
 
+/// RFC 3339 full-date: days per month, 29 February in leap years only, years
+/// 0001 to 9999 (as most date types take them).
+const DATE: &str = concat!(
+    r"(([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-",
+    r"((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8]))",
+    r"|([0-9]{2}(0[48]|[2468][048]|[13579][26])|([2468][048]|[13579][26]|0[48])00)-02-29)",
+);
+/// RFC 3339 full-time, without leap seconds (which most time types refuse).
+const TIME: &str =
+    r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])";
+
 /// Regular expressions for the formats that are enforced (RFC 3339 dates and
 /// times, RFC 4122 UUIDs, a plain e-mail address, dotted IPv4).
-pub(crate) fn format_pattern(format: &str) -> Option<&'static str> {
+pub(crate) fn format_pattern(format: &str) -> Option<String> {
     Some(match format {
-        "date" => r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])",
-        "time" => {
-            r"([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
-        }
-        "date-time" => {
-            r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
-        }
-        "uuid" => r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
-        "email" => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+",
+        "date" => DATE.to_string(),
+        "time" => TIME.to_string(),
+        "date-time" => format!("(?:{DATE})[Tt](?:{TIME})"),
+        "uuid" => r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}".into(),
+        "email" => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+".into(),
         "ipv4" => {
-            r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+            r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])".into()
         }
         _ => return None,
     })

@@ -52,7 +52,7 @@ pub(crate) struct KeyLex {
 impl KeyLex {
     /// After the opening quote. Listed keys already seen are candidates only
     /// when unlisted keys may come (so that a repeat is recognized and refused).
-    pub fn open(rule: &ObjectRule, seen: u64) -> Self {
+    pub fn open(rule: &ObjectRule, seen: u64, count: u32) -> Self {
         let all = if rule.props.len() >= 64 {
             u64::MAX
         } else {
@@ -60,7 +60,11 @@ impl KeyLex {
         };
         let free = rule.additional.is_some();
         Self {
-            candidates: if free { all } else { all & !seen },
+            candidates: if free {
+                all
+            } else {
+                rule.keys_left(seen, count)
+            },
             offset: 0,
             free,
             escape: false,
@@ -107,8 +111,15 @@ impl KeyLex {
     }
 }
 
-/// UTF-8 continuation bytes still due after `b`, if `b` is valid string content.
+/// Where a UTF-8 character stands after `b`, if `b` is valid string content:
+/// 0 when complete, 1–3 continuation bytes due (any of 80–BF), or a code for a
+/// first continuation byte with a narrower range (no overlong forms, no
+/// surrogates, nothing above U+10FFFF), after which [`RESTRICTED`] says how
+/// many remain.
 pub(crate) fn next_utf8(due: u8, b: u8) -> Option<u8> {
+    if let Some(&(_, lo, hi, rest)) = RESTRICTED.iter().find(|r| r.0 == due) {
+        return (lo..=hi).contains(&b).then_some(rest);
+    }
     if due > 0 {
         return (0x80..=0xBF).contains(&b).then_some(due - 1);
     }
@@ -116,8 +127,20 @@ pub(crate) fn next_utf8(due: u8, b: u8) -> Option<u8> {
         0x00..=0x1F | 0x7F => None,
         0x20..=0x7E => Some(0),
         0xC2..=0xDF => Some(1),
-        0xE0..=0xEF => Some(2),
-        0xF0..=0xF4 => Some(3),
+        0xE0 => Some(4),
+        0xED => Some(5),
+        0xE1..=0xEF => Some(2),
+        0xF0 => Some(6),
+        0xF4 => Some(7),
+        0xF1..=0xF3 => Some(3),
         _ => None,
     }
 }
+
+/// The narrower first continuation bytes: (code, lowest, highest, due after).
+const RESTRICTED: [(u8, u8, u8, u8); 4] = [
+    (4, 0xA0, 0xBF, 1),
+    (5, 0x80, 0x9F, 1),
+    (6, 0x90, 0xBF, 2),
+    (7, 0x80, 0x8F, 2),
+];

@@ -13,6 +13,7 @@
 
 mod bounds;
 mod compile;
+mod compose;
 mod keywords;
 mod lex;
 mod node;

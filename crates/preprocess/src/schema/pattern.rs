@@ -36,7 +36,7 @@ impl Pattern {
             true => (&rest[..rest.len() - 1], ""),
             false => (rest, "(?s:.)*"),
         };
-        Self::whole(&format!("{start}(?:{body}){end}"))
+        Self::whole(&format!("{start}(?:{}){end}", ecma_classes(body)))
     }
 
     /// A regular expression that the whole string must match.
@@ -87,6 +87,54 @@ impl Pattern {
     }
 }
 
+/// ECMA-262 whitespace (what `\s` means in a JSON Schema pattern).
+const ECMA_SPACE: &str = r"\t\n\x0B\x0C\r \x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}\x{FEFF}";
+
+/// A JSON Schema pattern is an ECMA-262 regular expression, where `\d` and `\w`
+/// are ASCII and `\s` is its own set; the regex syntax here reads them as
+/// Unicode classes, so they are spelled out (inside brackets too).
+fn ecma_classes(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut depth = 0usize;
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let Some(e) = chars.next() else {
+                    out.push(c);
+                    break;
+                };
+                let inside = depth > 0;
+                let spelled = match (e, inside) {
+                    ('d', false) => "[0-9]".to_string(),
+                    ('D', false) => "[^0-9]".to_string(),
+                    ('w', false) => "[0-9A-Za-z_]".to_string(),
+                    ('W', false) => "[^0-9A-Za-z_]".to_string(),
+                    ('s', false) => format!("[{ECMA_SPACE}]"),
+                    ('S', false) => format!("[^{ECMA_SPACE}]"),
+                    ('b', false) => r"(?-u:\b)".to_string(),
+                    ('B', false) => r"(?-u:\B)".to_string(),
+                    ('d', true) => "0-9".to_string(),
+                    ('w', true) => "0-9A-Za-z_".to_string(),
+                    ('s', true) => ECMA_SPACE.to_string(),
+                    _ => format!("\\{e}"),
+                };
+                out.push_str(&spelled);
+            }
+            '[' => {
+                depth += 1;
+                out.push(c);
+            }
+            ']' if depth > 0 => {
+                depth -= 1;
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// The states reachable from `start` that can still reach a match at the end.
 fn live_states(dfa: &dense::DFA<Vec<u32>>, start: StateID) -> Result<HashSet<u32>, String> {
     let mut into: HashMap<StateID, Vec<StateID>> = HashMap::new();
@@ -122,4 +170,34 @@ fn live_states(dfa: &dense::DFA<Vec<u32>>, start: StateID) -> Result<HashSet<u32
         }
     }
     Ok(live.iter().map(StateID::as_u32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(p: &Pattern, s: &str) -> bool {
+        p.start()
+            .and_then(|st| p.step(st, s.as_bytes()))
+            .is_some_and(|st| p.accepts(st))
+    }
+
+    #[test]
+    fn classes_mean_what_ecma_262_says() {
+        let digits = Pattern::search(r"^\d{3}$").unwrap();
+        assert!(matches(&digits, "123") && !matches(&digits, "12٣") && !matches(&digits, "12"));
+        let word = Pattern::search(r"^[\w-]+$").unwrap();
+        assert!(matches(&word, "a_B-9") && !matches(&word, "é"));
+        let space = Pattern::search(r"^a\sb$").unwrap();
+        assert!(
+            matches(&space, "a b") && matches(&space, "a\u{3000}b") && !matches(&space, "a\u{85}b")
+        );
+        // Unanchored: anywhere in the string.
+        let inside = Pattern::search("x[0-9]").unwrap();
+        assert!(matches(&inside, "abx1cd") && !matches(&inside, "abx"));
+        // A start that can never match is dead at once.
+        let upper = Pattern::search("^[A-Z]").unwrap();
+        let st = upper.start().unwrap();
+        assert!(upper.step(st, b"a").is_none() && upper.step(st, b"Ab").is_some());
+    }
 }

@@ -117,9 +117,25 @@ impl ObjectRule {
     }
 
     /// Whether another key may come.
+    /// The listed keys that may come next (a bit each): those not seen, or only
+    /// the required ones when `maxProperties` leaves room for no more.
+    pub(crate) fn keys_left(&self, seen: u64, count: u32) -> u64 {
+        let all = match self.props.len() {
+            64.. => u64::MAX,
+            n => (1u64 << n) - 1,
+        };
+        let unseen = all & !seen;
+        let due = unseen & self.required;
+        match self.max {
+            Some(m) if m.saturating_sub(count) <= due.count_ones() => due,
+            _ => unseen,
+        }
+    }
+
+    /// Whether another key may come.
     fn key_may_come(&self, seen: u64, count: u32) -> bool {
-        let unseen = (0..self.props.len()).any(|i| seen & (1 << i) == 0);
-        self.max.is_none_or(|m| count < m) && (unseen || self.additional.is_some())
+        self.max.is_none_or(|m| count < m)
+            && (self.keys_left(seen, count) != 0 || self.additional.is_some())
     }
 
     fn may_close(&self, seen: u64, count: u32) -> bool {
@@ -322,7 +338,7 @@ impl Thread {
                         self.value_done();
                     }
                     (ObjPhase::Start | ObjPhase::Key, b'"') if rule.key_may_come(seen, count) => {
-                        self.lex = Lex::Key(KeyLex::open(rule, seen));
+                        self.lex = Lex::Key(KeyLex::open(rule, seen, count));
                     }
                     (ObjPhase::Next, b',') if rule.key_may_come(seen, count) => {
                         set(&mut self, ObjPhase::Key)

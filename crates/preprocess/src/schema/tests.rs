@@ -266,11 +266,19 @@ fn unions_references_and_literals() {
     // Additional properties by schema, beside listed ones.
     let extra = compile(
         json!({"type": "object", "properties": {"a": {"type": "integer"}},
-        "additionalProperties": {"type": "string"}, "maxProperties": 2}),
+        "additionalProperties": {"type": "string"}}),
     );
     assert!(accepts(&extra, r#"{"a":1,"ab":"x"}"#) && accepts(&extra, r#"{"b":"y"}"#));
     assert!(!accepts(&extra, r#"{"a":"x"}"#) && !accepts(&extra, r#"{"b":1}"#));
-    assert!(!accepts(&extra, r#"{"a":1,"a":2}"#) && !accepts(&extra, r#"{"b":"","c":"","d":""}"#));
+    assert!(!accepts(&extra, r#"{"a":1,"a":2}"#));
+    // maxProperties leaves room for the required keys.
+    let room = compile(
+        json!({"type": "object", "properties": {"a": {}, "b": {}, "c": {}},
+        "required": ["c"], "maxProperties": 2, "additionalProperties": false}),
+    );
+    assert!(accepts(&room, r#"{"a":1,"c":2}"#) && accepts(&room, r#"{"c":2,"b":1}"#));
+    let mut st = SchemaState::new();
+    assert!(st.feed_all(&room, br#"{"a":1,""#) && !st.feed(&room, b'b'));
 }
 
 #[test]
@@ -301,10 +309,45 @@ fn what_cannot_be_enforced_is_refused_by_path() {
             "#/required",
         ),
         (json!({"anyOf": [{"type": "string"}], "minLength": 3}), "#"),
+        (
+            json!({"type": "object", "additionalProperties": true, "maxProperties": 2}),
+            "#",
+        ),
+        (
+            json!({"type": "object", "properties": {"a": {}, "b": {}}, "required": ["a", "b"], "maxProperties": 1}),
+            "#",
+        ),
+        (
+            json!({"type": "object", "properties": {"a": {}}, "minProperties": 2}),
+            "#",
+        ),
+        (
+            json!({"type": "integer", "minimum": 0.5, "maximum": 0.7}),
+            "#",
+        ),
+        (
+            json!({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 0}),
+            "#",
+        ),
+        (json!({"type": "integer", "minimum": 1e17}), "#"),
+        (
+            json!({"type": "string", "minLength": 3, "maxLength": 2}),
+            "#",
+        ),
+        (json!({"$ref": "#"}), "#"),
+        (
+            json!({"type": "object", "properties": {"a": false}, "required": ["a"]}),
+            "#/properties/a",
+        ),
     ] {
         let e = Schema::compile(&schema).expect_err(&schema.to_string());
         assert_eq!(e.path, path, "{schema}: {e}");
     }
+    // An object without `properties` takes any key; with them, only those.
+    let open = compile(json!({"type": "object"}));
+    assert!(accepts(&open, r#"{"a": [1, {"b": null}]}"#));
+    let closed = compile(json!({"type": "object", "properties": {}}));
+    assert!(accepts(&closed, "{}") && !accepts(&closed, r#"{"a": 1}"#));
     // Annotations and extensions are fine; unknown formats are annotations.
     compile(
         json!({"title": "T", "description": "d", "x-internal": 1, "type": "string", "format": "uri", "default": "a"}),
@@ -353,4 +396,33 @@ fn every_position_in_a_free_string_is_one_state() {
     let mut b = SchemaState::new();
     assert!(a.feed_all(&short, b"\"x") && b.feed_all(&short, b"\"xy"));
     assert_ne!(a, b, "a length rule counts");
+}
+
+#[test]
+fn dates_are_calendar_dates() {
+    let date = compile(json!({"type": "string", "format": "date"}));
+    for ok in [
+        "2024-02-29",
+        "2000-02-29",
+        "2026-11-30",
+        "0001-01-01",
+        "2026-12-31",
+    ] {
+        assert!(accepts(&date, &format!("\"{ok}\"")), "{ok}");
+    }
+    for bad in [
+        "2023-02-29",
+        "1900-02-29",
+        "2026-11-31",
+        "0000-01-01",
+        "2026-02-30",
+        "2026-13-01",
+    ] {
+        assert!(!accepts(&date, &format!("\"{bad}\"")), "{bad}");
+    }
+    let stamp = compile(json!({"type": "string", "format": "date-time"}));
+    assert!(accepts(&stamp, "\"2026-11-29T13:05:00.5+01:00\""));
+    assert!(
+        !accepts(&stamp, "\"2026-11-29T23:59:60Z\"") && !accepts(&stamp, "\"2026-11-29T13:05:00\"")
+    );
 }
