@@ -11,18 +11,6 @@ fn is_json_start(text: &str) -> bool {
     SchemaState::new().feed_all(&Schema::any_object(), text.as_bytes())
 }
 
-/// The last token id of `text` alone.
-fn token_id(server: &Server, text: &str) -> u64 {
-    let (_, t) = server.post("/tokenize", &json!({"prompt": text}));
-    t["tokens"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .as_u64()
-        .unwrap()
-}
-
 /// The content of a streamed chat answer.
 fn streamed(server: &Server, mut body: Value) -> String {
     body["stream"] = json!(true);
@@ -58,7 +46,7 @@ fn json_mode_answers_with_one_json_object() {
     // Closing pieces favoured, so that a random model also ends its objects.
     let bias: Map<String, Value> = ["\"", "}", ":", ","]
         .iter()
-        .map(|p| (token_id(&server, p).to_string(), json!(4)))
+        .map(|p| (server.token_id(p).to_string(), json!(4)))
         .collect();
     let mut closed = 0;
     for seed in 0..8 {
@@ -159,7 +147,7 @@ fn json_schema_answers_follow_the_schema() {
     let schema = Schema::compile(&finding_schema()).unwrap();
     let bias: Map<String, Value> = ["\"", "]", "}", ","]
         .iter()
-        .map(|p| (token_id(&server, p).to_string(), json!(3)))
+        .map(|p| (server.token_id(p).to_string(), json!(3)))
         .collect();
     let mut closed = 0;
     for seed in 0..6 {

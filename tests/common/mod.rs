@@ -35,6 +35,17 @@ pub struct Server {
 }
 
 impl Server {
+    /// The last token id of `text` alone (its first ones are BOS and the like).
+    #[allow(dead_code)] // not every test binary biases tokens
+    pub fn token_id(&self, text: &str) -> u64 {
+        let (_, t) = self.post("/tokenize", &serde_json::json!({"prompt": text}));
+        t["tokens"]
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(|v| v.as_u64())
+            .unwrap()
+    }
+
     pub fn start(ckpt: &str, extra: &[&str]) -> Self {
         Self::start_with_env(ckpt, extra, &[])
     }

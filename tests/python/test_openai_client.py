@@ -87,15 +87,58 @@ def test_models_and_errors(client):
         client.models.retrieve("google/other-model")
 
 
-def test_json_mode_gives_json_and_tools_are_refused(client):
+def test_json_mode_gives_json(client):
     msgs = [{"role": "user", "content": "List the findings as JSON."}]
     r = client.chat.completions.create(model=MODEL, messages=msgs, response_format={"type": "json_object"},
                                        temperature=0, max_tokens=8)
     assert r.choices[0].message.content.startswith("{")
-    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=msgs, tools=[tool])
-    assert e.value.body["param"] == "tools"
+        client.chat.completions.create(model=MODEL, messages=msgs, functions=[{"name": "lookup"}])
+    assert e.value.body["param"] == "functions"
+
+
+def test_tool_calls_with_the_sdk(client):
+    """tool_choice required gives calls the SDK parses (pydantic_function_tool
+    included); streamed deltas rebuild the same calls; the next turn takes the
+    calls and their results back."""
+    import json
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class GetLabs(BaseModel):
+        panel: Literal["cbc", "bmp"]
+        days: int = Field(ge=1, le=7)
+
+    msgs = [{"role": "user", "content": "Check the blood count."}]
+    tools = [openai.pydantic_function_tool(GetLabs)]
+    got = 0
+    for seed in range(6):
+        try:
+            r = client.chat.completions.parse(model=MODEL, messages=msgs, tools=tools, tool_choice="required",
+                                              temperature=1.0, seed=seed, max_tokens=200)
+        except openai.LengthFinishReasonError:
+            continue  # a random model may not finish its call in time
+        c = r.choices[0]
+        assert c.finish_reason == "tool_calls"
+        call = c.message.tool_calls[0]
+        assert call.function.name == "GetLabs"
+        assert isinstance(call.function.parsed_arguments, GetLabs)
+        got += 1
+        stream = client.chat.completions.create(model=MODEL, messages=msgs, tools=tools, tool_choice="required",
+                                                temperature=1.0, seed=seed, max_tokens=200, stream=True)
+        names, args = {}, {}
+        for chunk in stream:
+            for d in chunk.choices[0].delta.tool_calls or []:
+                names[d.index] = (names.get(d.index) or "") + (d.function.name or "")
+                args[d.index] = (args.get(d.index) or "") + (d.function.arguments or "")
+        assert [names[k] for k in sorted(names)] == [t.function.name for t in c.message.tool_calls]
+        assert [json.loads(args[k]) for k in sorted(args)] == [json.loads(t.function.arguments) for t in c.message.tool_calls]
+        history = msgs + [c.message.model_dump(exclude_none=True, exclude={"parsed"}),
+                          {"role": "tool", "tool_call_id": call.id, "content": "Hb 9.1 g/dL"}]
+        nxt = client.chat.completions.create(model=MODEL, messages=history, tools=tools, max_tokens=4)
+        assert nxt.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert got > 0
 
 
 def test_structured_output_parses_into_pydantic_models(client):

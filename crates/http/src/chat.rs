@@ -8,11 +8,12 @@ use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
+use medgemma_core::FinishReason;
 use medgemma_protocol::chat::{
     AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChunkChoice, Delta,
     TokenLogprob, TopLogprob, Usage, ValidChat,
 };
-use medgemma_protocol::{unix_time, ChatCompletionRequest};
+use medgemma_protocol::{unix_time, ChatCompletionRequest, ToolCall, ValidTools};
 
 use crate::access::{with_counts, TokenCounts};
 use crate::error::ApiError;
@@ -22,6 +23,7 @@ use crate::generation::{
 use crate::prompt::{chat_prompt, max_new_tokens};
 use crate::sse::{chunk_event, failed_event, json_event, sse_response, ChoiceEvent};
 use crate::state::AppState;
+use crate::tools::parse_calls;
 
 pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = crate::state::prepare(&state, body, start).await;
@@ -70,6 +72,15 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
     state.check_model(req.model.as_deref())?;
     let chat = req.validate()?;
     let engine = state.engine()?;
+    // Schemas (response format, tools) are checked before the prompt is built.
+    sampling_params(
+        &chat.sampling,
+        engine,
+        state,
+        0,
+        chat.logprobs,
+        chat.tools.as_ref(),
+    )?;
     let prompt = chat_prompt(&chat, state, engine)?;
     let prompt_tokens = prompt.token_ids.len();
     let max_new = max_new_tokens(prompt_tokens, chat.sampling.max_tokens, engine)?;
@@ -77,7 +88,8 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
     let id = state.request_id("chatcmpl");
     let mut streams = Vec::with_capacity(chat.sampling.n);
     for i in 0..chat.sampling.n {
-        let params = sampling_params(&chat.sampling, engine, state, i, chat.logprobs)?;
+        let tools = chat.tools.as_ref();
+        let params = sampling_params(&chat.sampling, engine, state, i, chat.logprobs, tools)?;
         let events = submit(engine, &id, prompt.clone(), params, &chat.sampling, max_new)?;
         streams.push(TextStream::new(
             events,
@@ -138,14 +150,12 @@ async fn collect(state: &AppState, run: Run) -> Result<ChatCompletion, ApiError>
             .metrics
             .request_latency
             .observe(s.started.elapsed().as_secs_f64());
+        let (message, finish) = answer(text, finish, run.chat.tools.as_ref(), &run.id, index);
         choices.push(ChatChoice {
             index,
-            message: AssistantMessage {
-                role: "assistant",
-                content: text,
-            },
+            message,
             logprobs: run.chat.logprobs.map(|_| logprobs),
-            finish_reason: Some(finish.as_str().to_string()),
+            finish_reason: Some(finish),
         });
     }
     tracing::info!(
@@ -166,6 +176,49 @@ async fn collect(state: &AppState, run: Run) -> Result<ChatCompletion, ApiError>
     })
 }
 
+/// A finished choice's message: its tool calls if the request has tools and the
+/// answer is a finished list of calls, else its text.
+fn answer(
+    text: String,
+    finish: FinishReason,
+    tools: Option<&ValidTools>,
+    id: &str,
+    index: usize,
+) -> (AssistantMessage, String) {
+    let calls = tools
+        .filter(|_| finish == FinishReason::Stop)
+        .and_then(|t| parse_calls(&text, t, id, index));
+    match calls {
+        Some(tool_calls) => (
+            AssistantMessage {
+                role: "assistant",
+                content: None,
+                tool_calls,
+            },
+            "tool_calls".to_string(),
+        ),
+        None => (
+            AssistantMessage {
+                role: "assistant",
+                content: Some(text),
+                tool_calls: Vec::new(),
+            },
+            finish.as_str().to_string(),
+        ),
+    }
+}
+
+/// Whether a streamed choice passes its text on as it comes, or holds it back
+/// because it may be tool calls (sent whole, once the list is finished).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Passing {
+    /// Tools may be called and no text has come yet.
+    Undecided,
+    /// The answer opened a list: held until it ends.
+    Holding,
+    Yes,
+}
+
 /// Per-choice streaming state.
 struct ChoiceStream {
     state: Arc<AppState>,
@@ -177,6 +230,10 @@ struct ChoiceStream {
     sent_role: bool,
     done: bool,
     total: Arc<Mutex<Totals>>,
+    tools: Option<Arc<ValidTools>>,
+    passing: Passing,
+    held_text: String,
+    held_logprobs: Vec<TokenLogprob>,
 }
 
 impl ChoiceStream {
@@ -210,6 +267,7 @@ impl ChoiceStream {
             let delta = Delta {
                 role: Some("assistant"),
                 content: Some(String::new()),
+                tool_calls: Vec::new(),
             };
             return Some((chunk_event(&self.chunk(delta, None, None)), self));
         }
@@ -238,17 +296,68 @@ impl ChoiceStream {
                     .request_latency
                     .observe(self.stream.started.elapsed().as_secs_f64());
             }
+            if self.passing != Passing::Yes {
+                self.held_text.push_str(&piece.text);
+                self.held_logprobs
+                    .extend(logprobs.map(|l| l.content).unwrap_or_default());
+                if self.passing == Passing::Undecided && !self.held_text.is_empty() {
+                    self.passing = match self.held_text.starts_with('[') {
+                        true => Passing::Holding,
+                        false => Passing::Yes,
+                    };
+                }
+                if self.passing == Passing::Yes || piece.finish.is_some() {
+                    let chunk = self.release(piece.finish);
+                    return Some((chunk_event(&chunk), self));
+                }
+                continue;
+            }
             let content = (!piece.text.is_empty()).then_some(piece.text);
             let chunk = self.chunk(
                 Delta {
                     role: None,
                     content,
+                    tool_calls: Vec::new(),
                 },
                 logprobs,
                 finish,
             );
             return Some((chunk_event(&chunk), self));
         }
+    }
+
+    /// The held text: as tool calls if it is a finished list of them, else as text.
+    fn release(&mut self, finish: Option<FinishReason>) -> ChatChunk {
+        let text = std::mem::take(&mut self.held_text);
+        let logprobs = self.logprobs.then(|| ChatLogprobs {
+            content: std::mem::take(&mut self.held_logprobs),
+        });
+        let (delta, finish) = match finish {
+            Some(f) => {
+                let (m, f) = answer(text, f, self.tools.as_deref(), &self.id, self.index);
+                let calls = m.tool_calls.into_iter().enumerate();
+                let delta = Delta {
+                    role: None,
+                    content: m.content.filter(|c| !c.is_empty()),
+                    tool_calls: calls
+                        .map(|(k, c)| ToolCall {
+                            index: Some(k),
+                            ..c
+                        })
+                        .collect(),
+                };
+                (delta, Some(f))
+            }
+            None => (
+                Delta {
+                    role: None,
+                    content: (!text.is_empty()).then_some(text),
+                    tool_calls: Vec::new(),
+                },
+                None,
+            ),
+        };
+        self.chunk(delta, logprobs, finish)
     }
 }
 
@@ -258,6 +367,7 @@ fn stream_response(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let created = unix_time();
     let total = Arc::new(Mutex::new(Totals::default()));
+    let tools = run.chat.tools.clone().map(Arc::new);
     let choices: Vec<_> = run
         .streams
         .into_iter()
@@ -273,6 +383,13 @@ fn stream_response(
                 sent_role: false,
                 done: false,
                 total: total.clone(),
+                tools: tools.clone(),
+                passing: match tools {
+                    Some(_) => Passing::Undecided,
+                    None => Passing::Yes,
+                },
+                held_text: String::new(),
+                held_logprobs: Vec::new(),
             };
             stream::unfold(c, ChoiceStream::next_event).boxed()
         })

@@ -120,7 +120,7 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
             String::new()
         };
         for i in 0..req.sampling.n {
-            let params = sampling_params(&req.sampling, engine, state, i, req.logprobs)?;
+            let params = sampling_params(&req.sampling, engine, state, i, req.logprobs, None)?;
             let prompt = Prompt {
                 token_ids: ids.clone(),
                 images: Vec::new(),

@@ -10,7 +10,7 @@ use medgemma_core::{
     TokenLogprobs,
 };
 use medgemma_preprocess::{IncrementalDetokenizer, OutputRule, TextProcessor};
-use medgemma_protocol::{OutputFormat, ValidSampling};
+use medgemma_protocol::{OutputFormat, ValidSampling, ValidTools};
 use medgemma_scheduler::EventStream;
 
 use crate::error::ApiError;
@@ -23,6 +23,7 @@ pub fn sampling_params(
     state: &AppState,
     index: usize,
     logprobs: Option<usize>,
+    tools: Option<&ValidTools>,
 ) -> Result<SamplingParams, ApiError> {
     let d = &engine.defaults;
     if let Some((id, _)) = v
@@ -55,21 +56,30 @@ pub fn sampling_params(
             0 => Vec::new(),
             _ => engine.text.special().stop_token_ids.clone(),
         },
-        constraint: constraint(&v.format, &engine.text)?,
+        constraint: constraint(&v.format, tools, &engine.text)?,
     })
 }
 
-/// The constraint of a JSON `response_format`; a schema that cannot be
-/// enforced is refused, naming the part of it that cannot.
-fn constraint(format: &OutputFormat, text: &TextProcessor) -> Result<Option<Constraint>, ApiError> {
+/// The constraint of a JSON `response_format` and of the tools the model may
+/// call; a schema that cannot be enforced is refused, naming the part of it
+/// that cannot.
+fn constraint(
+    format: &OutputFormat,
+    tools: Option<&ValidTools>,
+    text: &TextProcessor,
+) -> Result<Option<Constraint>, ApiError> {
     let answer = match format {
         OutputFormat::Text => None,
         OutputFormat::JsonObject => Some(None),
         OutputFormat::JsonSchema { schema, .. } => Some(Some(schema)),
     };
-    let rule = OutputRule {
-        answer,
-        tools: None,
+    let specs = tools.map(crate::tools::specs).unwrap_or_default();
+    let rule = match tools {
+        Some(t) => crate::tools::rule(t, &specs, answer),
+        None => OutputRule {
+            answer,
+            tools: None,
+        },
     };
     text.output_constraint(&rule)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some(e.param)))

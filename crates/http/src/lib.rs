@@ -15,6 +15,7 @@ pub mod sse;
 pub mod state;
 pub mod text_offset;
 pub mod tls;
+pub mod tools;
 
 use std::sync::Arc;
 

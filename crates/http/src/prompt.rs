@@ -4,7 +4,7 @@
 use medgemma_core::Prompt;
 use medgemma_preprocess::{PreprocessError, TemplateMessage};
 use medgemma_protocol::chat::ValidChat;
-use medgemma_protocol::{ContentPart, MessageContent, ValidMessage};
+use medgemma_protocol::{ContentPart, MessageContent, ValidMessage, ValidTools};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -41,6 +41,7 @@ impl Templated {
 /// The template's messages for `messages`, with the image bytes they refer to.
 pub fn template_messages(
     messages: &[ValidMessage],
+    tools: Option<&ValidTools>,
     state: &AppState,
 ) -> Result<Templated, ApiError> {
     let mut out = Templated {
@@ -49,12 +50,13 @@ pub fn template_messages(
         origin: Vec::with_capacity(messages.len()),
     };
     for (i, m) in messages.iter().enumerate() {
-        let role = if m.role == "developer" {
-            "system"
-        } else {
-            m.role.as_str()
+        let role = match m.role.as_str() {
+            "developer" => "system",
+            // A tool's result comes back in the user's turn.
+            "tool" => "user",
+            other => other,
         };
-        let content = match &m.content {
+        let mut content = match &m.content {
             MessageContent::Text(t) => Value::String(t.clone()),
             MessageContent::Parts(parts) => {
                 let mut items = Vec::with_capacity(parts.len());
@@ -72,6 +74,21 @@ pub fn template_messages(
                 Value::Array(items)
             }
         };
+        if let Some(id) = &m.tool_call_id {
+            content = Value::String(crate::tools::result_text(
+                id,
+                call_name(&messages[..i], id),
+                &text_of(&content),
+            ));
+        }
+        if !m.tool_calls.is_empty() {
+            let calls = crate::tools::history_text(&m.tool_calls);
+            let text = text_of(&content);
+            content = Value::String(match text.is_empty() {
+                true => calls,
+                false => format!("{text}\n{calls}"),
+            });
+        }
         let merged = push_merged(
             &mut out.messages,
             TemplateMessage {
@@ -83,7 +100,50 @@ pub fn template_messages(
             out.origin.push(i);
         }
     }
+    if let Some(tools) = tools {
+        add_system_text(&mut out, crate::tools::system_text(tools));
+    }
     Ok(out)
+}
+
+/// Puts `text` at the end of the system turn, making one first if there is none.
+fn add_system_text(out: &mut Templated, text: String) {
+    let m = TemplateMessage {
+        role: "system".into(),
+        content: Value::String(text),
+    };
+    if out.messages.first().is_some_and(|f| f.role == "system") {
+        // Merged after the client's own system text.
+        let mut head = vec![out.messages.remove(0)];
+        push_merged(&mut head, m);
+        out.messages.splice(0..0, head);
+    } else {
+        out.messages.insert(0, m);
+        out.origin.insert(0, 0);
+    }
+}
+
+/// The name of the call `id` among the history's assistant calls.
+fn call_name<'a>(history: &'a [ValidMessage], id: &str) -> Option<&'a str> {
+    history
+        .iter()
+        .rev()
+        .flat_map(|m| m.tool_calls.iter())
+        .find(|c| c.id == id)
+        .map(|c| c.name.as_str())
+}
+
+/// The text of a message's content (its text parts joined).
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
 }
 
 /// Appends `m`, joining it to the previous message when both have the same role:
@@ -127,18 +187,27 @@ pub fn chat_prompt(
     state: &AppState,
     engine: &Engine,
 ) -> Result<Prompt, ApiError> {
-    messages_prompt(&chat.messages, true, chat.pan_and_scan, state, engine)
+    let tools = chat.tools.as_ref();
+    messages_prompt(
+        &chat.messages,
+        tools,
+        true,
+        chat.pan_and_scan,
+        state,
+        engine,
+    )
 }
 
 /// Renders `messages` with the chat template, expands their images and tokenizes.
 pub fn messages_prompt(
     messages: &[ValidMessage],
+    tools: Option<&ValidTools>,
     add_generation_prompt: bool,
     pan_and_scan: Option<bool>,
     state: &AppState,
     engine: &Engine,
 ) -> Result<Prompt, ApiError> {
-    let templated = template_messages(messages, state)?;
+    let templated = template_messages(messages, tools, state)?;
     let rendered = templated.render(engine, add_generation_prompt)?;
     let images = templated.images;
     if images.is_empty() {

@@ -75,7 +75,7 @@ pub async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
                 // placeholders.
                 let valid = medgemma_protocol::validate_messages(&m)?;
                 let generation_prompt = req.add_generation_prompt.unwrap_or(true);
-                messages_prompt(&valid, generation_prompt, None, &state, engine)?.token_ids
+                messages_prompt(&valid, None, generation_prompt, None, &state, engine)?.token_ids
             }
             _ => {
                 return Err(ApiError::bad_request(

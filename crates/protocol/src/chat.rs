@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::error::ProtocolError;
 use crate::sampling::{SamplingFields, ValidSampling};
+use crate::tools::{history_calls, validate_tools, HistoryCall, ToolCall, ValidTools};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -17,11 +18,13 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<i64>,
     /// Per-request pan-and-scan for images (an extension).
     pub do_pan_and_scan: Option<bool>,
-    /// Tool calling is not implemented: asking for it is refused (see
-    /// [`refuse_unsupported`]), never silently ignored. (`response_format` is a
-    /// sampling field, shared with completions.)
+    /// Tool calling (checked by [`validate_tools`]); the deprecated `functions`
+    /// and `function_call` are refused (see [`refuse_unsupported`]), never
+    /// silently ignored. (`response_format` is a sampling field, shared with
+    /// completions.)
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     pub functions: Option<Value>,
     pub function_call: Option<Value>,
     /// Read from the same body separately (see `parse_with_sampling`), so that a
@@ -43,6 +46,7 @@ pub struct ChatMessage {
     pub content: Option<serde_json::Value>,
     pub name: Option<String>,
     pub tool_calls: Option<Value>,
+    pub tool_call_id: Option<String>,
 }
 
 /// A checked message.
@@ -50,6 +54,10 @@ pub struct ChatMessage {
 pub struct ValidMessage {
     pub role: String,
     pub content: MessageContent,
+    /// An assistant message's tool calls.
+    pub tool_calls: Vec<HistoryCall>,
+    /// A tool message's answer to this call.
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +82,8 @@ pub struct ValidChat {
     pub logprobs: Option<usize>,
     pub sampling: ValidSampling,
     pub pan_and_scan: Option<bool>,
+    /// Tools the model may call.
+    pub tools: Option<ValidTools>,
 }
 
 pub const MAX_TOP_LOGPROBS: i64 = 20;
@@ -99,7 +109,13 @@ impl ChatCompletionRequest {
             (false, _) => None,
         };
         let stream = self.stream.unwrap_or(false);
+        let tools = validate_tools(
+            self.tools.as_ref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls,
+        )?;
         Ok(ValidChat {
+            tools,
             sampling: self.sampling.validate()?,
             messages,
             stream,
@@ -114,35 +130,25 @@ impl ChatCompletionRequest {
     }
 }
 
-/// Tool calling: a client that asks for it relies on it, so the request is
-/// refused rather than answered in free text.
+/// The deprecated `functions` and `function_call`: a client that sends them
+/// relies on them, so the request is refused (naming `tools`) rather than
+/// answered without.
 fn refuse_unsupported(r: &ChatCompletionRequest) -> Result<(), ProtocolError> {
-    for (param, value) in [("tools", &r.tools), ("functions", &r.functions)] {
-        let listed = match value {
-            None | Some(Value::Null) => false,
-            Some(Value::Array(a)) => !a.is_empty(),
-            Some(_) => true,
-        };
-        if listed {
-            return Err(ProtocolError::param(
-                param,
-                format!("'{param}': tool calling is not supported"),
-            ));
-        }
-    }
     for (param, value) in [
-        ("tool_choice", &r.tool_choice),
+        ("functions", &r.functions),
         ("function_call", &r.function_call),
     ] {
-        match value {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s == "none" || s == "auto" => {}
-            Some(_) => {
-                return Err(ProtocolError::param(
-                    param,
-                    format!("'{param}': tool calling is not supported"),
-                ))
-            }
+        let given = match value {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::String(s)) => s != "none" && s != "auto",
+            Some(_) => true,
+        };
+        if given {
+            return Err(ProtocolError::param(
+                param,
+                format!("'{param}' is not supported: use 'tools' and 'tool_choice'"),
+            ));
         }
     }
     Ok(())
@@ -166,29 +172,36 @@ pub fn validate_messages(messages: &[ChatMessage]) -> Result<Vec<ValidMessage>, 
 fn check_message(i: usize, m: &ChatMessage) -> Result<ValidMessage, ProtocolError> {
     let param = format!("messages[{i}]");
     match m.role.as_str() {
-        "system" | "developer" | "user" | "assistant" => {}
-        "tool" | "function" => {
+        "system" | "developer" | "user" | "assistant" | "tool" => {}
+        "function" => {
             return Err(ProtocolError::invalid(
-                format!(
-                    "messages[{i}]: {:?} messages are not supported (tool calling is not)",
-                    m.role
-                ),
+                format!("messages[{i}]: \"function\" messages are not supported (use \"tool\")"),
                 Some(format!("{param}.role")),
             ))
         }
         other => {
             return Err(ProtocolError::invalid(
                 format!(
-                    "messages[{i}].role {other:?} is not supported (system, user or assistant)"
-                ),
+                "messages[{i}].role {other:?} is not supported (system, user, assistant or tool)"
+            ),
                 Some(format!("{param}.role")),
             ))
         }
     }
-    if matches!(&m.tool_calls, Some(Value::Array(a)) if !a.is_empty()) {
+    let tool_calls = match &m.tool_calls {
+        None | Some(Value::Null) => Vec::new(),
+        Some(_) if m.role != "assistant" => {
+            return Err(ProtocolError::invalid(
+                format!("{param}: only assistant messages have tool_calls"),
+                Some(format!("{param}.tool_calls")),
+            ))
+        }
+        Some(calls) => history_calls(calls, &format!("{param}.tool_calls"))?,
+    };
+    if m.role == "tool" && m.tool_call_id.is_none() {
         return Err(ProtocolError::invalid(
-            format!("{param}.tool_calls: tool calling is not supported"),
-            Some(format!("{param}.tool_calls")),
+            format!("{param}: a tool message needs 'tool_call_id'"),
+            Some(format!("{param}.tool_call_id")),
         ));
     }
     let content = match &m.content {
@@ -200,6 +213,8 @@ fn check_message(i: usize, m: &ChatMessage) -> Result<ValidMessage, ProtocolErro
                 .map(|(j, p)| content_part(p, &format!("{param}.content[{j}]")))
                 .collect::<Result<_, _>>()?,
         ),
+        // An assistant message may be its tool calls alone.
+        None | Some(Value::Null) if !tool_calls.is_empty() => MessageContent::Text(String::new()),
         None | Some(Value::Null) => {
             return Err(ProtocolError::invalid(
                 format!("{param} has no content"),
@@ -223,6 +238,8 @@ fn check_message(i: usize, m: &ChatMessage) -> Result<ValidMessage, ProtocolErro
     Ok(ValidMessage {
         role: m.role.clone(),
         content,
+        tool_calls,
+        tool_call_id: m.tool_call_id.clone(),
     })
 }
 
@@ -276,7 +293,10 @@ pub struct ChatChoice {
 #[derive(Debug, Clone, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `None` (null) when the answer is tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -349,4 +369,6 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }

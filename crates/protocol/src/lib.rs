@@ -14,7 +14,9 @@ pub use chat::{
 };
 pub use completion::{CompletionRequest, PromptInput};
 pub use error::{ErrorBody, ErrorDetail, ProtocolError};
+pub mod tools;
 pub use sampling::{OutputFormat, SamplingFields, ValidSampling};
+pub use tools::{FunctionCall, HistoryCall, ToolCall, ToolChoice, ToolDef, ValidTools};
 
 /// Parses a JSON body into `T`, naming the offending field in the error.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
