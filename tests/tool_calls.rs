@@ -123,6 +123,8 @@ fn auto_is_text_or_valid_calls_and_streams_alike() {
         let choice = &chunk["choices"][0];
         text.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
         if let Some(list) = choice["delta"]["tool_calls"].as_array() {
+            // The finish reason comes in a chunk of its own, after the calls.
+            assert!(choice["finish_reason"].is_null(), "{chunk}");
             calls.extend(list.iter().cloned());
         }
         if !choice["finish_reason"].is_null() {
@@ -195,4 +197,43 @@ fn the_history_of_calls_and_results_is_rendered() {
         "{text}"
     );
     assert!(text.contains("You help on the ward."), "{text}");
+}
+
+#[test]
+fn parameters_that_allow_other_values_are_narrowed_to_objects() {
+    let server = Server::start("tiny-gemma3", &[]);
+    let messages = json!([{"role": "user", "content": "Ping."}]);
+    let closing = bias(&server, &[("]", 4), ("}", 4), ("{", 3)]);
+    let mut called = 0;
+    let schemas = [
+        json!({}),
+        json!({"anyOf": [{"type": "integer"}, {"type": "object"}]}),
+    ];
+    for seed in 0..6 {
+        let tools = json!([{"type": "function", "function": {"name": "ping",
+            "parameters": schemas[seed % 2]}}]);
+        let body = json!({"messages": messages, "tools": tools, "tool_choice": "required",
+            "temperature": 1.0, "seed": seed, "max_tokens": 100, "logit_bias": closing});
+        let (status, resp) = server.post("/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{resp}");
+        let c = &resp["choices"][0];
+        assert_ne!(c["finish_reason"], "stop", "{c}");
+        for call in c["message"]["tool_calls"].as_array().into_iter().flatten() {
+            let args: Value =
+                serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            assert!(args.is_object(), "{call}");
+            called += 1;
+        }
+    }
+    assert!(called > 0);
+    let tools = json!([{"type": "function", "function": {"name": "ping", "parameters": {"type": "string"}}}]);
+    let (status, resp) = server.post(
+        "/v1/chat/completions",
+        &json!({"messages": messages, "tools": tools}),
+    );
+    assert_eq!(
+        (status, resp["error"]["param"].as_str()),
+        (400, Some("tools")),
+        "{resp}"
+    );
 }

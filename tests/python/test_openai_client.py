@@ -134,6 +134,12 @@ def test_tool_calls_with_the_sdk(client):
                 args[d.index] = (args.get(d.index) or "") + (d.function.arguments or "")
         assert [names[k] for k in sorted(names)] == [t.function.name for t in c.message.tool_calls]
         assert [json.loads(args[k]) for k in sorted(args)] == [json.loads(t.function.arguments) for t in c.message.tool_calls]
+        # The SDK's stream helper closes every call (the finish reason comes after them).
+        with client.chat.completions.stream(model=MODEL, messages=msgs, tools=tools, tool_choice="required",
+                                            temperature=1.0, seed=seed, max_tokens=200) as events:
+            done = [e for e in events if e.type == "tool_calls.function.arguments.done"]
+        assert len(done) == len(c.message.tool_calls)
+        assert all(isinstance(e.parsed_arguments, GetLabs) for e in done)
         history = msgs + [c.message.model_dump(exclude_none=True, exclude={"parsed"}),
                           {"role": "tool", "tool_call_id": call.id, "content": "Hb 9.1 g/dL"}]
         nxt = client.chat.completions.create(model=MODEL, messages=history, tools=tools, max_tokens=4)

@@ -234,6 +234,9 @@ struct ChoiceStream {
     passing: Passing,
     held_text: String,
     held_logprobs: Vec<TokenLogprob>,
+    /// The finish chunk that follows a chunk of tool calls (as OpenAI sends it:
+    /// clients close the last call when they see it).
+    pending: Option<ChatChunk>,
 }
 
 impl ChoiceStream {
@@ -259,14 +262,18 @@ impl ChoiceStream {
     }
 
     async fn next_event(mut self) -> Option<(ChoiceEvent, Self)> {
+        if let Some(last) = self.pending.take() {
+            return Some((chunk_event(&last), self));
+        }
         if self.done {
             return None;
         }
         if !self.sent_role {
             self.sent_role = true;
+            // An answer that may be tool calls starts with no content (null).
             let delta = Delta {
                 role: Some("assistant"),
-                content: Some(String::new()),
+                content: self.tools.is_none().then(String::new),
                 tool_calls: Vec::new(),
             };
             return Some((chunk_event(&self.chunk(delta, None, None)), self));
@@ -300,8 +307,9 @@ impl ChoiceStream {
                 self.held_text.push_str(&piece.text);
                 self.held_logprobs
                     .extend(logprobs.map(|l| l.content).unwrap_or_default());
-                if self.passing == Passing::Undecided && !self.held_text.is_empty() {
-                    self.passing = match self.held_text.starts_with('[') {
+                let begun = self.held_text.trim_start();
+                if self.passing == Passing::Undecided && !begun.is_empty() {
+                    self.passing = match begun.starts_with('[') {
                         true => Passing::Holding,
                         false => Passing::Yes,
                     };
@@ -346,6 +354,10 @@ impl ChoiceStream {
                         })
                         .collect(),
                 };
+                if !delta.tool_calls.is_empty() {
+                    self.pending = Some(self.chunk(Delta::default(), None, Some(f)));
+                    return self.chunk(delta, logprobs, None);
+                }
                 (delta, Some(f))
             }
             None => (
@@ -390,6 +402,7 @@ fn stream_response(
                 },
                 held_text: String::new(),
                 held_logprobs: Vec::new(),
+                pending: None,
             };
             stream::unfold(c, ChoiceStream::next_event).boxed()
         })

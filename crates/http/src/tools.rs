@@ -107,37 +107,42 @@ pub fn specs(tools: &ValidTools) -> Vec<(String, Option<Value>)> {
         .collect()
 }
 
-/// The calls in a finished answer, if it is a list of calls of these tools;
-/// ids are `call_<request>_<choice>_<k>`.
+/// A call as the model wrote it; its arguments kept as written.
+#[derive(serde::Deserialize)]
+struct WrittenCall<'a> {
+    name: String,
+    #[serde(borrow)]
+    arguments: &'a serde_json::value::RawValue,
+}
+
+/// The calls in a finished answer, if it is a list of calls of these tools
+/// (after any blanks); ids are `call_<request>_<choice>_<k>`.
 pub fn parse_calls(
     text: &str,
     tools: &ValidTools,
     request_id: &str,
     choice: usize,
 ) -> Option<Vec<ToolCall>> {
+    let text = text.trim_start();
     if !text.starts_with('[') {
         return None;
     }
-    let list: Vec<Value> = serde_json::from_str(text).ok()?;
+    let list: Vec<WrittenCall> = serde_json::from_str(text).ok()?;
     let stem = request_id.rsplit('-').next().unwrap_or(request_id);
-    list.iter()
+    list.into_iter()
         .enumerate()
         .map(|(k, c)| {
-            let name = c.get("name")?.as_str()?;
-            let arguments = c.get("arguments").filter(|a| a.is_object())?;
-            tools
-                .tools
-                .iter()
-                .any(|t| t.name == name)
-                .then(|| ToolCall {
-                    index: None,
-                    id: format!("call_{stem}_{choice}_{k}"),
-                    kind: "function",
-                    function: FunctionCall {
-                        name: name.to_string(),
-                        arguments: arguments.to_string(),
-                    },
-                })
+            let arguments = c.arguments.get().trim();
+            let known = tools.tools.iter().any(|t| t.name == c.name);
+            (known && arguments.starts_with('{')).then(|| ToolCall {
+                index: None,
+                id: format!("call_{stem}_{choice}_{k}"),
+                kind: "function",
+                function: FunctionCall {
+                    name: c.name,
+                    arguments: arguments.to_string(),
+                },
+            })
         })
         .collect::<Option<Vec<_>>>()
         .filter(|calls| !calls.is_empty())
@@ -174,7 +179,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(calls[0].id, "call_1f2_0_0");
-        assert_eq!(calls[0].function.arguments, r#"{"panel":"cbc"}"#);
+        assert_eq!(
+            calls[0].function.arguments, r#"{"panel": "cbc"}"#,
+            "as written"
+        );
+        let blank_first = parse_calls("\n [{\"name\": \"labs\", \"arguments\": {}}]", &t, "c-1", 0);
+        assert_eq!(blank_first.unwrap()[0].function.arguments, "{}");
         let history = [HistoryCall {
             id: calls[0].id.clone(),
             name: "labs".into(),

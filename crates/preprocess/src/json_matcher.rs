@@ -39,7 +39,8 @@ impl TokenConstraint for SchemaConstraint {
 
 #[derive(Debug, Clone)]
 enum Mode {
-    /// Nothing yet: free text, or a document if the first token starts with `[`.
+    /// Nothing yet (or only blanks): free text, or a document if the first
+    /// token that is not blank starts with `[`.
     Start,
     Free,
     Json(SchemaState),
@@ -59,8 +60,16 @@ impl std::fmt::Debug for SchemaMatcher {
     }
 }
 
-fn opens_document(bytes: &[u8]) -> bool {
-    bytes.first() == Some(&b'[')
+/// Where a token's first byte that is not whitespace is, if it opens a list
+/// (`Some(at)`); `None` if the token opens nothing.
+fn opens_document(bytes: &[u8]) -> Option<usize> {
+    let at = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+    (bytes[at] == b'[').then_some(at)
+}
+
+/// Whitespace alone: the output has still not begun.
+fn blank(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(u8::is_ascii_whitespace)
 }
 
 impl ConstraintMatcher for SchemaMatcher {
@@ -69,13 +78,21 @@ impl ConstraintMatcher for SchemaMatcher {
             Mode::Json(state) => self.masks.get(state).restrict(allowed),
             Mode::Free => {}
             Mode::Start => {
-                // Any token, but one that opens a document must open a valid one.
+                // Any token, but one that opens a list must open valid calls.
                 let mut json = vec![true; allowed.len()];
                 self.masks.get(&SchemaState::new()).restrict(&mut json);
                 let bytes = &self.masks.vocab.bytes;
                 for (t, a) in allowed.iter_mut().enumerate() {
-                    let opens = bytes.get(t).is_some_and(|b| opens_document(b));
-                    *a = *a && (!opens || json[t]);
+                    let ok = match bytes
+                        .get(t)
+                        .and_then(|b| opens_document(b).map(|at| (b, at)))
+                    {
+                        None => true,
+                        Some((_, 0)) => json[t],
+                        // After leading blanks: the rest must start the calls.
+                        Some((b, at)) => SchemaState::new().feed_all(&self.masks.schema, &b[at..]),
+                    };
+                    *a = *a && ok;
                 }
             }
         }
@@ -86,11 +103,17 @@ impl ConstraintMatcher for SchemaMatcher {
         if vocab.eos.contains(&token) {
             return;
         }
-        let bytes = vocab.bytes.get(token as usize).map_or(&[][..], |b| b);
+        let mut bytes = vocab.bytes.get(token as usize).map_or(&[][..], |b| b);
         if matches!(self.mode, Mode::Start) {
+            if blank(bytes) {
+                return;
+            }
             self.mode = match opens_document(bytes) {
-                true => Mode::Json(SchemaState::new()),
-                false => Mode::Free,
+                Some(at) => {
+                    bytes = &bytes[at..];
+                    Mode::Json(SchemaState::new())
+                }
+                None => Mode::Free,
             };
         }
         if let Mode::Json(state) = &mut self.mode {
@@ -137,6 +160,9 @@ mod tests {
             "{}",
             "}",
             "\"arguments\":",
+            "\n",
+            " [x",
+            "\n[{\"",
         ];
         let bytes = pieces.iter().map(|p| p.as_bytes().to_vec()).collect();
         let vocab = Arc::new(JsonVocab::new(bytes, vec![0]));
@@ -148,7 +174,17 @@ mod tests {
         // Everything but a list that cannot be calls.
         assert_eq!(
             allowed(start.as_ref(), n),
-            vec![0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+            vec![0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15]
+        );
+        // Blanks first: still undecided, and a list after them is held to the calls.
+        let mut blank = start.box_clone();
+        blank.accept(13);
+        assert_eq!(allowed(blank.as_ref(), n), allowed(start.as_ref(), n));
+        blank.accept(15);
+        assert_eq!(
+            allowed(blank.as_ref(), n),
+            vec![5],
+            "inside a call's first key"
         );
         let mut free = start.box_clone();
         free.accept(1);
@@ -165,8 +201,8 @@ mod tests {
         }
         assert_eq!(
             allowed(json.as_ref(), n),
-            vec![12],
-            "the arguments must come"
+            vec![12, 13],
+            "the arguments (or a line break) must come"
         );
         for t in [12, 10, 11, 9] {
             json.accept(t);

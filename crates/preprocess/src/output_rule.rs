@@ -95,16 +95,26 @@ fn answer_schema(schema: Option<&Value>) -> Result<Schema, RuleError> {
 fn call_schema(rule: &ToolRule) -> Result<Schema, RuleError> {
     let mut tools = Vec::with_capacity(rule.tools.len());
     for (i, (name, parameters)) in rule.tools.iter().enumerate() {
-        // No parameters: a function that takes none.
-        let empty = json!({"type": "object", "properties": {}});
-        let schema =
-            Schema::compile(parameters.as_ref().unwrap_or(&empty)).map_err(|error| RuleError {
-                param: "tools",
-                at: format!("tools[{i}].function.parameters"),
-                error,
-            })?;
+        let at = format!("tools[{i}].function.parameters");
+        let schema = arguments_schema(parameters.as_ref()).map_err(|error| RuleError {
+            param: "tools",
+            at,
+            error,
+        })?;
         tools.push((name.clone(), schema));
     }
     let max = (!rule.parallel).then_some(1);
     Ok(Schema::tool_calls(tools, 1, max))
+}
+
+/// A function's arguments are an object: no parameters is the empty object,
+/// and a schema that allows other values is narrowed to its objects.
+fn arguments_schema(parameters: Option<&Value>) -> Result<Schema, SchemaError> {
+    let empty = json!({"type": "object", "properties": {}});
+    Schema::compile(parameters.unwrap_or(&empty))?
+        .objects_only()
+        .ok_or_else(|| SchemaError {
+            path: "#".into(),
+            msg: "a function's parameters must allow an object".into(),
+        })
 }

@@ -50,6 +50,39 @@ impl Schema {
         out
     }
 
+    /// The same schema, accepting only its objects (`None` if it accepts none):
+    /// the unions from the root are followed to their objects.
+    pub fn objects_only(mut self) -> Option<Schema> {
+        let mut kept = Vec::new();
+        let mut seen = vec![false; self.nodes.len()];
+        let mut todo = vec![self.root];
+        while let Some(n) = todo.pop() {
+            if std::mem::replace(&mut seen[n as usize], true) {
+                continue;
+            }
+            match &self.nodes[n as usize] {
+                Node::AnyOf(list) => todo.extend(list.iter().copied()),
+                Node::Object(_) => kept.push(n),
+                Node::Literals(list) => {
+                    let objects: Vec<Box<[u8]>> = list
+                        .iter()
+                        .filter(|l| l.first() == Some(&b'{'))
+                        .cloned()
+                        .collect();
+                    if !objects.is_empty() {
+                        kept.push(self.push(Node::Literals(objects)));
+                    }
+                }
+                Node::Array(_) | Node::String(_) | Node::Number(_) => {}
+            }
+        }
+        if kept.is_empty() {
+            return None;
+        }
+        self.root = self.push(Node::AnyOf(kept));
+        Some(self)
+    }
+
     /// A JSON list of `min` to `max` calls, each `{"name": <a tool's name>,
     /// "arguments": <what its parameters schema accepts>}`.
     pub fn tool_calls(tools: Vec<(String, Schema)>, min: u32, max: Option<u32>) -> Schema {
@@ -146,5 +179,15 @@ mod tests {
             r#"[{"name": "ping", "arguments": {"any": [1]}}]"#
         ));
         assert!(!accepts(&either, r#"{"other": 1}"#));
+        // Narrowed to objects: `{}` (anything) becomes any object.
+        let any = Schema::compile(&json!({})).unwrap().objects_only().unwrap();
+        assert!(accepts(&any, r#"{"a": 1}"#) && !accepts(&any, "65") && !accepts(&any, "null"));
+        let refd = json!({"$ref": "#/$defs/A", "$defs": {"A": {"anyOf": [{"type": "string"}, {"type": "object"}]}}});
+        let refd = Schema::compile(&refd).unwrap().objects_only().unwrap();
+        assert!(accepts(&refd, "{}") && !accepts(&refd, r#""s""#));
+        assert!(Schema::compile(&json!({"type": "string"}))
+            .unwrap()
+            .objects_only()
+            .is_none());
     }
 }

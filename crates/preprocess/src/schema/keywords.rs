@@ -100,11 +100,23 @@ pub(crate) fn implied_type(map: &Map<String, Value>) -> Option<&'static str> {
         "maxProperties",
     ]) {
         Some("object")
-    } else if has(&["items", "prefixItems", "minItems", "maxItems"]) {
+    } else if has(&[
+        "items",
+        "prefixItems",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+    ]) {
         Some("array")
     } else if has(&["minLength", "maxLength", "pattern"]) {
         Some("string")
-    } else if has(&["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]) {
+    } else if has(&[
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+    ]) {
         Some("number")
     } else {
         None

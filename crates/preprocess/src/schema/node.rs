@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::lex::Prop;
 use super::pattern::Pattern;
 use super::NodeId;
 
@@ -96,4 +97,45 @@ pub(crate) fn literals<'a>(docs: impl IntoIterator<Item = &'a Value>) -> Node {
     list.sort();
     list.dedup();
     Node::Literals(list)
+}
+
+impl ObjectRule {
+    pub(crate) fn value_of(&self, p: Prop) -> Option<NodeId> {
+        match p {
+            Prop::Declared(i) => self.props.get(i as usize).map(|(_, n)| *n),
+            Prop::Additional => self.additional,
+        }
+    }
+
+    /// Whether another key may come.
+    /// The listed keys that may come next (a bit each): those not seen, or only
+    /// the required ones when `maxProperties` leaves room for no more.
+    pub(crate) fn keys_left(&self, seen: u64, count: u32) -> u64 {
+        let all = match self.props.len() {
+            64.. => u64::MAX,
+            n => (1u64 << n) - 1,
+        };
+        let unseen = all & !seen;
+        let due = unseen & self.required;
+        match self.max {
+            Some(m) if m.saturating_sub(count) <= due.count_ones() => due,
+            _ => unseen,
+        }
+    }
+
+    /// Whether another key may come.
+    pub(crate) fn key_may_come(&self, seen: u64, count: u32) -> bool {
+        self.max.is_none_or(|m| count < m)
+            && (self.keys_left(seen, count) != 0 || self.additional.is_some())
+    }
+
+    pub(crate) fn may_close(&self, seen: u64, count: u32) -> bool {
+        seen & self.required == self.required && count >= self.min
+    }
+}
+
+impl ArrayRule {
+    pub(crate) fn element_may_come(&self, count: u32) -> bool {
+        self.max.is_none_or(|m| count < m) && self.element(count).is_some()
+    }
 }

@@ -108,47 +108,6 @@ fn bit(p: Prop) -> u64 {
     }
 }
 
-impl ObjectRule {
-    fn value_of(&self, p: Prop) -> Option<NodeId> {
-        match p {
-            Prop::Declared(i) => self.props.get(i as usize).map(|(_, n)| *n),
-            Prop::Additional => self.additional,
-        }
-    }
-
-    /// Whether another key may come.
-    /// The listed keys that may come next (a bit each): those not seen, or only
-    /// the required ones when `maxProperties` leaves room for no more.
-    pub(crate) fn keys_left(&self, seen: u64, count: u32) -> u64 {
-        let all = match self.props.len() {
-            64.. => u64::MAX,
-            n => (1u64 << n) - 1,
-        };
-        let unseen = all & !seen;
-        let due = unseen & self.required;
-        match self.max {
-            Some(m) if m.saturating_sub(count) <= due.count_ones() => due,
-            _ => unseen,
-        }
-    }
-
-    /// Whether another key may come.
-    fn key_may_come(&self, seen: u64, count: u32) -> bool {
-        self.max.is_none_or(|m| count < m)
-            && (self.keys_left(seen, count) != 0 || self.additional.is_some())
-    }
-
-    fn may_close(&self, seen: u64, count: u32) -> bool {
-        seen & self.required == self.required && count >= self.min
-    }
-}
-
-impl ArrayRule {
-    fn element_may_come(&self, count: u32) -> bool {
-        self.max.is_none_or(|m| count < m) && self.element(count).is_some()
-    }
-}
-
 /// Byte `b` inside token `lex` (under `top`): the token after it, `Some(None)`
 /// if it is refused, `None` if it ends the token (or there is none).
 fn token_step(schema: &Schema, lex: Lex, top: Option<Frame>, b: u8) -> Option<Option<Lex>> {

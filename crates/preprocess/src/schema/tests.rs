@@ -294,6 +294,11 @@ fn what_cannot_be_enforced_is_refused_by_path() {
         ),
         (json!({"type": "number", "multipleOf": 0.5}), "#/multipleOf"),
         (
+            json!({"properties": {"x": {"multipleOf": 3}}}),
+            "#/properties/x/multipleOf",
+        ),
+        (json!({"uniqueItems": true}), "#/uniqueItems"),
+        (
             json!({"properties": {"x": {"type": "string", "pattern": "(?<=a)b"}}}),
             "#/properties/x/pattern",
         ),
