@@ -72,25 +72,20 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
     state.check_model(req.model.as_deref())?;
     let chat = req.validate()?;
     let engine = state.engine()?;
-    // Schemas (response format, tools) are checked before the prompt is built.
-    sampling_params(
-        &chat.sampling,
-        engine,
-        state,
-        0,
-        chat.logprobs,
-        chat.tools.as_ref(),
-    )?;
+    // Every choice's parameters first: their schemas (response format, tools)
+    // are checked before the prompt is built.
+    let tools = chat.tools.as_ref();
+    let params = (0..chat.sampling.n)
+        .map(|i| sampling_params(&chat.sampling, engine, state, i, chat.logprobs, tools))
+        .collect::<Result<Vec<_>, _>>()?;
     let prompt = chat_prompt(&chat, state, engine)?;
     let prompt_tokens = prompt.token_ids.len();
     let max_new = max_new_tokens(prompt_tokens, chat.sampling.max_tokens, engine)?;
     check_fan_out(engine, chat.sampling.n, "n")?;
     let id = state.request_id("chatcmpl");
     let mut streams = Vec::with_capacity(chat.sampling.n);
-    for i in 0..chat.sampling.n {
-        let tools = chat.tools.as_ref();
-        let params = sampling_params(&chat.sampling, engine, state, i, chat.logprobs, tools)?;
-        let events = submit(engine, &id, prompt.clone(), params, &chat.sampling, max_new)?;
+    for p in params {
+        let events = submit(engine, &id, prompt.clone(), p, &chat.sampling, max_new)?;
         streams.push(TextStream::new(
             events,
             engine.text.clone(),
