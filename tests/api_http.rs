@@ -455,3 +455,67 @@ fn image_prompts_through_the_api_equal_transformers() {
         assert_eq!(t["tokens"], p["input_ids"], "{name}");
     }
 }
+
+/// A DICOM file in an image part reads exactly as the PNG of its reference
+/// rendering (tests/fixtures/dicom): same tokens, same log probabilities; an
+/// unsupported one is a 400 naming the part.
+#[test]
+fn dicom_image_parts_read_as_their_reference_rendering() {
+    use base64::Engine as _;
+    let server = Server::start("tiny-gemma3", &[]);
+    let url = |file: &str, mime: &str| {
+        let bytes = std::fs::read(common::fixture(&format!("dicom/{file}"))).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        format!("data:{mime};base64,{b64}")
+    };
+    let ask = |image: String| {
+        let body = json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": image}},
+            {"type": "text", "text": "Findings?"},
+        ]}], "temperature": 0, "max_tokens": 4, "logprobs": true, "top_logprobs": 3});
+        let (s, resp) = server.post("/v1/chat/completions", &body);
+        assert_eq!(s, 200, "{resp}");
+        assert_eq!(resp["usage"]["prompt_tokens"], 27, "{resp}");
+        let steps = resp["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .clone();
+        steps
+            .iter()
+            .map(|t| (t["token"].clone(), t["logprob"].as_f64().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    // The second request reuses cached prefix state, which may round
+    // differently in the last digits: the same tokens, logprobs within 1e-5.
+    for name in ["ct_implicit", "cr_jpeg_lossless", "us_rgb_planar"] {
+        let dicom = ask(url(&format!("{name}.dcm"), "application/dicom"));
+        let png = ask(url(&format!("{name}.png"), "image/png"));
+        assert_eq!(dicom.len(), png.len(), "{name}");
+        for ((t1, l1), (t2, l2)) in dicom.iter().zip(&png) {
+            assert_eq!(t1, t2, "{name}");
+            assert!((l1 - l2).abs() < 1e-5, "{name}: {l1} vs {l2}");
+        }
+    }
+    let mut frames = std::fs::read(common::fixture("dicom/ct_functional_groups.dcm")).unwrap();
+    let at = frames
+        .windows(4)
+        .position(|w| w == [0x28, 0x00, 0x08, 0x00])
+        .unwrap();
+    frames[at + 8] = b'7';
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&frames);
+    let body = json!({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Findings?"},
+        {"type": "image_url", "image_url": {"url": format!("data:application/dicom;base64,{b64}")}},
+    ]}]});
+    let (s, resp) = server.post("/v1/chat/completions", &body);
+    assert_eq!(s, 400, "{resp}");
+    assert_error_shape(&resp, "multi-frame DICOM");
+    let msg = resp["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("DICOM") && msg.contains("7 frames"), "{msg}");
+    assert_eq!(
+        resp["error"]["param"],
+        "messages[0].content[1].image_url.url"
+    );
+    assert!(!resp.to_string().contains("CANARY"), "{resp}");
+    assert_eq!(server.get("/health").0, 200);
+}

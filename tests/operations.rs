@@ -189,6 +189,24 @@ fn no_content_reaches_the_logs_or_the_audit_log() {
         .0,
         200
     );
+    // A DICOM file carries the patient's name and ID in its attributes: read or
+    // refused, neither reaches a log.
+    let dicom = std::fs::read(common::fixture("dicom/ct_implicit.dcm")).unwrap();
+    for bytes in [&dicom[..], &dicom[..dicom.len() - 10]] {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let body = json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": format!("data:application/dicom;base64,{b64}")}},
+        ]}], "max_tokens": 2});
+        let (status, resp) = status_with(
+            &server,
+            "POST",
+            "/v1/chat/completions",
+            &auth,
+            Some(&body.to_string()),
+        );
+        assert!(status == 200 || status == 400, "{status}");
+        assert!(!resp.into_string().unwrap().contains("CANARY"));
+    }
     std::thread::sleep(Duration::from_millis(200));
     let logs = server.stderr();
     assert!(
@@ -200,6 +218,9 @@ fn no_content_reaches_the_logs_or_the_audit_log() {
     let generated = answer["choices"][0]["message"]["content"].as_str().unwrap();
     for (what, text) in [("logs", &logs), ("audit log", &audit_text)] {
         assert!(!text.contains(canary), "the canary reached the {what}");
+        for phi in ["CANARY^DICOM", "CANARY-ID-0042"] {
+            assert!(!text.contains(phi), "a DICOM attribute reached the {what}");
+        }
         assert!(
             !text.contains(&image_b64[..40]),
             "image base64 reached the {what}"

@@ -1,7 +1,7 @@
 //! Image bytes → 8-bit RGB, as transformers' Gemma 3 processor sees them.
 //!
 //! Formats: PNG, JPEG (decoded as PIL decodes it, see `jpeg_decode`), WebP, GIF
-//! (first frame), BMP, TIFF. Limits are checked on
+//! (first frame), BMP, TIFF, and DICOM files (see `dicom`). Limits are checked on
 //! the byte length and then on the header's dimensions before any pixel is
 //! decoded. Conversion follows transformers 5.x `convert_to_rgb`: an image with
 //! alpha (or a transparency key) is composited onto white with PIL's
@@ -46,7 +46,7 @@ pub enum ImageError {
     TooManyBytes { bytes: usize, limit: usize },
     #[error("the image is {width}x{height} pixels, more than the limit of {limit} pixels")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
-    #[error("unsupported image format (PNG, JPEG, WebP, GIF, BMP and TIFF are accepted)")]
+    #[error("unsupported image format (PNG, JPEG, WebP, GIF, BMP, TIFF and DICOM are accepted)")]
     UnsupportedFormat,
     #[error("the image has zero width or height")]
     ZeroSize,
@@ -56,6 +56,8 @@ pub enum ImageError {
     Corrupt(String),
     #[error("invalid image settings: {0}")]
     Config(String),
+    #[error("DICOM: {0}")]
+    Dicom(#[from] crate::dicom::DicomError),
 }
 
 /// An 8-bit RGB image, row-major, 3 bytes per pixel.
@@ -95,6 +97,9 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb8, ImageError
             bytes: bytes.len(),
             limit: limits.max_bytes,
         });
+    }
+    if crate::dicom::is_part10(bytes) {
+        return crate::dicom::decode(bytes, limits);
     }
     let (width, height) = reader(bytes)?.into_dimensions().map_err(map_err)?;
     if width == 0 || height == 0 {

@@ -5,6 +5,7 @@
 mod bytes;
 pub mod decode;
 pub mod detok;
+pub mod dicom;
 pub mod error;
 mod jpeg;
 mod jpeg_decode;
