@@ -197,6 +197,23 @@ fn the_history_of_calls_and_results_is_rendered() {
         "{text}"
     );
     assert!(text.contains("You help on the ward."), "{text}");
+    // /tokenize with the tools counts what the chat request's prompt holds.
+    let (_, t) = server.post(
+        "/tokenize",
+        &json!({"messages": messages, "tools": tools()}),
+    );
+    assert_eq!(t["count"], resp["usage"]["prompt_tokens"], "{t}");
+    let (_, text) = server.post("/detokenize", &json!({"tokens": t["tokens"]}));
+    let name = tools()[1]["function"]["name"].as_str().unwrap().to_string();
+    assert!(text["prompt"].as_str().unwrap().contains(&name), "{text}");
+    // A tool_call_id on a message that is not a tool result is not one.
+    let stray = json!([{"role": "user", "content": "Hello", "tool_call_id": "call_7"}]);
+    let (_, t) = server.post("/tokenize", &json!({"messages": stray}));
+    let (_, text) = server.post("/detokenize", &json!({"tokens": t["tokens"]}));
+    assert!(
+        !text["prompt"].as_str().unwrap().contains("Result of"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -74,8 +74,21 @@ pub async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
                 // As a chat request would be tokenized: images expanded to their
                 // placeholders.
                 let valid = medgemma_protocol::validate_messages(&m)?;
+                let tools = medgemma_protocol::tools::validate_tools(
+                    req.tools.as_ref(),
+                    req.tool_choice.as_ref(),
+                    None,
+                )?;
                 let generation_prompt = req.add_generation_prompt.unwrap_or(true);
-                messages_prompt(&valid, None, generation_prompt, None, &state, engine)?.token_ids
+                messages_prompt(
+                    &valid,
+                    tools.as_ref(),
+                    generation_prompt,
+                    req.do_pan_and_scan,
+                    &state,
+                    engine,
+                )?
+                .token_ids
             }
             _ => {
                 return Err(ApiError::bad_request(

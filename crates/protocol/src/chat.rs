@@ -239,7 +239,8 @@ fn check_message(i: usize, m: &ChatMessage) -> Result<ValidMessage, ProtocolErro
         role: m.role.clone(),
         content,
         tool_calls,
-        tool_call_id: m.tool_call_id.clone(),
+        // Only a tool message is a result; the field elsewhere means nothing.
+        tool_call_id: m.tool_call_id.clone().filter(|_| m.role == "tool"),
     })
 }
 

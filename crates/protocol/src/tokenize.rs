@@ -11,6 +11,11 @@ pub struct TokenizeRequest {
     pub messages: Option<Vec<ChatMessage>>,
     pub add_special_tokens: Option<bool>,
     pub add_generation_prompt: Option<bool>,
+    /// With `messages`: counted as a chat request with these tools would be.
+    pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    /// With `messages`: images cut into crops as the chat request would cut them.
+    pub do_pan_and_scan: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
