@@ -273,3 +273,86 @@ fn deep_sequence_nesting_is_refused() {
         DicomError::Corrupt(m) if m.contains("nest")
     ));
 }
+
+/// An undefined-length sequence of undefined-length items.
+fn undefined_sequence(tag: (u16, u16), items: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(tag.0.to_le_bytes());
+    out.extend(tag.1.to_le_bytes());
+    out.extend(b"SQ\0\0");
+    out.extend([0xFF; 4]);
+    for item in items {
+        out.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        out.extend(item);
+        out.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+    }
+    out.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    out
+}
+
+fn window(center: &[u8], width: &[u8]) -> Vec<u8> {
+    let mut out = element((0x0028, 0x1050), b"DS", center);
+    out.extend(element((0x0028, 0x1051), b"DS", width));
+    out
+}
+
+/// Rescale and window count at the top level and in the functional groups;
+/// inside any other sequence they belong to something else and are ignored.
+#[test]
+fn nested_windows_count_only_in_the_functional_groups() {
+    let decode = |body: Vec<Vec<u8>>| {
+        decode_rgb(&file(EXPLICIT, &body), &ImageLimits::default())
+            .unwrap()
+            .data
+    };
+    let own_range = vec![0, 0, 0, 85, 85, 85, 170, 170, 170, 255, 255, 255];
+    // Window 1..3 (center 2, width 2): 0 → 0, 1 → 0, 2 → 128 (tie to even), 3 → 255.
+    let windowed = vec![0, 0, 0, 0, 0, 0, 128, 128, 128, 255, 255, 255];
+    let mut body = vec![undefined_sequence((0x0008, 0x1140), &[window(b"2", b"2")])];
+    body.extend(mono16(&[], "MONOCHROME2"));
+    assert_eq!(decode(body), own_range);
+    let mut body = vec![undefined_sequence(
+        (0x5200, 0x9229),
+        &[undefined_sequence((0x0028, 0x9132), &[window(b"2", b"2")])],
+    )];
+    body.extend(mono16(&[], "MONOCHROME2"));
+    assert_eq!(decode(body), windowed);
+}
+
+/// An icon image's compressed pixels inside a sequence are skipped, not taken
+/// for elements.
+#[test]
+fn encapsulated_pixels_inside_a_sequence_are_skipped() {
+    let mut icon_pixels = Vec::new();
+    icon_pixels.extend([0xE0, 0x7F, 0x10, 0x00]);
+    icon_pixels.extend(b"OB\0\0");
+    icon_pixels.extend([0xFF; 4]);
+    icon_pixels.extend([0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+    icon_pixels.extend([0xFE, 0xFF, 0x00, 0xE0, 4, 0, 0, 0, 0xFF, 0xD8, 0xFF, 0xD9]);
+    icon_pixels.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    let mut body = vec![undefined_sequence((0x0088, 0x0200), &[icon_pixels])];
+    body.extend(mono16(&[], "MONOCHROME2"));
+    let got = decode_rgb(&file(EXPLICIT, &body), &ImageLimits::default()).unwrap();
+    assert_eq!(got.data[9..], [255, 255, 255]);
+}
+
+#[test]
+fn bit_depth_errors_say_what_is_wrong() {
+    let mut deep = mono16(&[], "MONOCHROME2");
+    let n = deep.len();
+    deep[n - 5] = us((0x0028, 0x0100), 32);
+    deep[n - 4] = us((0x0028, 0x0101), 32);
+    deep[n - 3] = us((0x0028, 0x0102), 31);
+    assert!(matches!(
+        dicom_error(&file(EXPLICIT, &deep)),
+        DicomError::Unsupported(m) if m.contains("BitsStored 32")
+    ));
+    let mut missing = mono16(&[], "MONOCHROME2");
+    missing.remove(n - 4);
+    assert_eq!(
+        dicom_error(&file(EXPLICIT, &missing)),
+        DicomError::Missing("BitsStored")
+    );
+    let odd = file(EXPLICIT, &mono16(&[], "ZZCANARY"));
+    assert!(!dicom_error(&odd).to_string().contains("CANARY"));
+}

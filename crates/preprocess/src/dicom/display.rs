@@ -13,7 +13,9 @@
 //! - MONOCHROME1 (white is low) is inverted; colour is kept as RGB.
 //!
 //! A window `(center, width)` maps `center ± floor(width / 2)` linearly onto
-//! 0..255 after clipping, rounding ties to even (Google's `window_accurate`).
+//! 0..255 after clipping, rounding ties to even (Google's `window_accurate`). A
+//! width under 2 is a threshold at the center (values at or above it white); a
+//! width under 1, which DICOM does not allow, is ignored.
 
 use super::parse::Attributes;
 use super::pixels::Samples;
@@ -85,7 +87,10 @@ fn mono(a: &Attributes, bits_allocated: usize, values: &[i32]) -> Result<Vec<u8>
             .iter()
             .map(|&v| rescaled(v).round_ties_even().clamp(0.0, 255.0) as u8)
             .collect(),
-        Mapping::OwnRange => own_range(values),
+        // MR over its stored values, as Google's code; others over the
+        // rescaled ones, so that a negative slope inverts.
+        Mapping::OwnRange if a.modality == "MR" => own_range(values.iter().map(|&v| f64::from(v))),
+        Mapping::OwnRange => own_range(values.iter().map(|&v| rescaled(v))),
     };
     if a.photometric == "MONOCHROME1" {
         out.iter_mut().for_each(|v| *v = 255 - *v);
@@ -128,17 +133,16 @@ fn window(x: f64, center: f64, width: f64) -> u8 {
 }
 
 /// `(v - min) / (max - min) × 255`, ties to even; 255 everywhere when flat.
-fn own_range(values: &[i32]) -> Vec<u8> {
-    let lo = values.iter().copied().min().unwrap_or(0);
-    let hi = values.iter().copied().max().unwrap_or(0);
-    let range = f64::from(hi) - f64::from(lo);
+fn own_range(values: impl Iterator<Item = f64> + Clone) -> Vec<u8> {
+    let lo = values.clone().fold(f64::INFINITY, f64::min);
+    let hi = values.clone().fold(f64::NEG_INFINITY, f64::max);
+    let range = hi - lo;
     values
-        .iter()
-        .map(|&v| {
-            if range == 0.0 {
-                255
+        .map(|v| {
+            if range > 0.0 {
+                ((v - lo) / range * 255.0).round_ties_even() as u8
             } else {
-                ((f64::from(v) - f64::from(lo)) / range * 255.0).round_ties_even() as u8
+                255
             }
         })
         .collect()
@@ -184,6 +188,12 @@ mod tests {
             ..Attributes::default()
         };
         assert_eq!(mono(&flat, 16, &[7, 7]).unwrap(), vec![255, 255]);
+        let negative = Attributes {
+            modality: "DX".into(),
+            rescale_slope: Some(-1.0),
+            ..Attributes::default()
+        };
+        assert_eq!(mono(&negative, 16, &[0, 100]).unwrap(), vec![255, 0]);
     }
 
     #[test]

@@ -125,12 +125,34 @@ fn check_photometric(
     if a.photometric.is_empty() {
         return Err(DicomError::Missing("PhotometricInterpretation"));
     }
-    let name = parse::quotable(&a.photometric, 16, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_ ");
+    // Only a defined term is quoted: the element could hold anything.
+    let name = match DEFINED_PHOTOMETRIC.contains(&a.photometric.as_str()) {
+        true => a.photometric.as_str(),
+        false => "(not a defined term)",
+    };
     Err(DicomError::Unsupported(format!(
         "PhotometricInterpretation {name} with {} samples per pixel",
         layout.samples
     )))
 }
+
+/// The photometric interpretations DICOM defines (PS3.3 C.7.6.3.1.2).
+const DEFINED_PHOTOMETRIC: &[&str] = &[
+    "MONOCHROME1",
+    "MONOCHROME2",
+    "PALETTE COLOR",
+    "RGB",
+    "HSV",
+    "ARGB",
+    "CMYK",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_PARTIAL_422",
+    "YBR_PARTIAL_420",
+    "YBR_ICT",
+    "YBR_RCT",
+    "XYB",
+];
 
 fn jpeg(syntax: Syntax) -> bool {
     matches!(

@@ -157,15 +157,20 @@ pub(super) fn parse(syntax: Syntax, data: &[u8]) -> Result<Parsed<'_>, DicomErro
             });
             break;
         }
-        r.visit(&e, &mut attributes, 0)?;
+        r.visit(&e, &mut attributes, Level::TOP)?;
     }
     Ok(Parsed { attributes, pixels })
 }
 
 impl Attributes {
-    /// Records `tag`'s value if it is one of ours; `top`: at the top level
-    /// (inside sequences only rescale and window are taken, first found first).
-    fn set(&mut self, tag: (u16, u16), v: &[u8], top: bool) {
+    /// Records `tag`'s value if it is one of ours. Inside functional groups only
+    /// rescale and window are taken (first found first); inside other sequences
+    /// nothing.
+    fn set(&mut self, tag: (u16, u16), v: &[u8], level: Level) {
+        let top = level.depth == 0;
+        if !top && !level.groups {
+            return;
+        }
         match (tag, top) {
             ((0x0028, 0x1050), _) => first(&mut self.window_center, decimal(v), top),
             ((0x0028, 0x1051), _) => first(&mut self.window_width, decimal(v), top),
@@ -185,6 +190,32 @@ impl Attributes {
             ((0x0028, 0x0103), _) => self.signed = short(v) == Some(1),
             _ => {}
         }
+    }
+}
+
+/// Where an element sits: how deep in sequences, and whether inside the
+/// functional groups.
+#[derive(Debug, Clone, Copy)]
+struct Level {
+    depth: usize,
+    groups: bool,
+}
+
+impl Level {
+    const TOP: Self = Self {
+        depth: 0,
+        groups: false,
+    };
+
+    /// The level of the items of the sequence `tag` at this level.
+    fn inside(self, tag: (u16, u16)) -> Result<Self, DicomError> {
+        if self.depth >= MAX_NESTING {
+            return Err(DicomError::Corrupt("sequences nest too deeply".into()));
+        }
+        Ok(Self {
+            depth: self.depth + 1,
+            groups: self.groups || FUNCTIONAL_GROUPS.contains(&tag),
+        })
     }
 }
 
@@ -310,43 +341,62 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Skips an undefined-length sequence's items, taking rescale and window
-    /// values found inside them.
+    /// Skips an undefined-length sequence's items (at `level`), taking rescale
+    /// and window values found inside functional groups.
     fn skip_sequence(
         &mut self,
         attributes: &mut Attributes,
-        depth: usize,
+        level: Level,
         implicit_items: bool,
     ) -> Result<(), DicomError> {
-        if depth >= MAX_NESTING {
-            return Err(DicomError::Corrupt("sequences nest too deeply".into()));
-        }
         loop {
             let tag = self.tag()?;
             let length = self.u32()?;
             match tag {
                 SEQUENCE_END => return Ok(()),
-                ITEM if length == UNDEFINED => {
-                    self.item(attributes, depth + 1, implicit_items)?;
-                }
+                ITEM if length == UNDEFINED => self.item(attributes, level, implicit_items)?,
                 ITEM => {
                     let body = self.take(length as usize)?;
                     let explicit = self.explicit && !implicit_items;
-                    let mut inner = Reader::new(body, explicit);
-                    while !inner.at_end() {
-                        inner.nested_element(attributes, depth + 1)?;
-                    }
+                    Reader::new(body, explicit).elements(attributes, level)?;
                 }
                 _ => return Err(DicomError::Corrupt("a sequence holds a non-item".into())),
             }
         }
     }
 
+    /// A defined-length sequence's items (at `level`).
+    fn defined_sequence(
+        &mut self,
+        attributes: &mut Attributes,
+        level: Level,
+    ) -> Result<(), DicomError> {
+        while !self.at_end() {
+            let item = self.element()?;
+            match (item.tag, item.value) {
+                (ITEM, Some(body)) => {
+                    Reader::new(body, self.explicit).elements(attributes, level)?
+                }
+                (ITEM, None) => self.item(attributes, level, false)?,
+                _ => return Err(DicomError::Corrupt("a sequence holds a non-item".into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every element up to the end of a defined-length item.
+    fn elements(&mut self, attributes: &mut Attributes, level: Level) -> Result<(), DicomError> {
+        while !self.at_end() {
+            self.nested_element(attributes, level)?;
+        }
+        Ok(())
+    }
+
     /// An undefined-length item's elements, up to its delimiter.
     fn item(
         &mut self,
         attributes: &mut Attributes,
-        depth: usize,
+        level: Level,
         implicit_items: bool,
     ) -> Result<(), DicomError> {
         let explicit = self.explicit;
@@ -356,7 +406,7 @@ impl<'a> Reader<'a> {
                 self.take(8)?;
                 return Ok(());
             }
-            self.nested_element(attributes, depth)?;
+            self.nested_element(attributes, level)?;
         })();
         self.explicit = explicit;
         result
@@ -365,49 +415,35 @@ impl<'a> Reader<'a> {
     fn nested_element(
         &mut self,
         attributes: &mut Attributes,
-        depth: usize,
+        level: Level,
     ) -> Result<(), DicomError> {
         let e = self.element()?;
         if e.tag == ITEM_END {
             return Ok(());
         }
-        self.visit(&e, attributes, depth)
+        self.visit(&e, attributes, level)
     }
 
-    /// Takes an element's value if it is one of ours, and looks into
-    /// sequences (`depth` 0: the top level).
+    /// Takes an element's value if it is one of ours, and looks into sequences.
     fn visit(
         &mut self,
         e: &Element<'a>,
         attributes: &mut Attributes,
-        depth: usize,
+        level: Level,
     ) -> Result<(), DicomError> {
-        if e.tag == (0x0028, 0x3000) {
+        if e.tag == (0x0028, 0x3000) && level.depth == 0 {
             attributes.modality_lut = true;
         }
         match e.value {
-            None => self.skip_sequence(attributes, depth, e.implicit_items),
+            // An icon's (or other nested image's) compressed pixels.
+            None if e.tag == PIXEL_DATA => self.fragments().map(drop),
+            None => self.skip_sequence(attributes, level.inside(e.tag)?, e.implicit_items),
             Some(v) if e.sequence => {
-                if depth >= MAX_NESTING {
-                    return Err(DicomError::Corrupt("sequences nest too deeply".into()));
-                }
-                let mut inner = Reader::new(v, self.explicit);
-                while !inner.at_end() {
-                    let item = inner.element()?;
-                    let body = item.value.unwrap_or_default();
-                    if item.tag == ITEM && item.value.is_some() {
-                        let mut items = Reader::new(body, self.explicit);
-                        while !items.at_end() {
-                            items.nested_element(attributes, depth + 1)?;
-                        }
-                    } else if item.tag == ITEM {
-                        inner.item(attributes, depth + 1, false)?;
-                    }
-                }
-                Ok(())
+                let inner = level.inside(e.tag)?;
+                Reader::new(v, self.explicit).defined_sequence(attributes, inner)
             }
             Some(v) => {
-                attributes.set(e.tag, v, depth == 0);
+                attributes.set(e.tag, v, level);
                 Ok(())
             }
         }

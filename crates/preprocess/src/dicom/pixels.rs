@@ -35,7 +35,7 @@ impl Layout {
         let columns = need(a.columns, "Columns")?;
         let samples = need(a.samples_per_pixel, "SamplesPerPixel")?;
         let bits_allocated = need(a.bits_allocated, "BitsAllocated")?;
-        let bits_stored = a.bits_stored.map_or(bits_allocated, usize::from);
+        let bits_stored = need(a.bits_stored, "BitsStored")?;
         let high_bit = a
             .high_bit
             .map_or(bits_stored.saturating_sub(1), usize::from);
@@ -67,8 +67,11 @@ impl Layout {
                 self.bits_allocated
             ));
         }
+        if self.bits_stored > 31 && self.bits_stored <= self.bits_allocated {
+            return unsupported(format!("BitsStored {} (at most 31)", self.bits_stored));
+        }
         if self.bits_stored == 0
-            || self.bits_stored > 31.min(self.bits_allocated)
+            || self.bits_stored > self.bits_allocated
             || self.high_bit + 1 < self.bits_stored
             || self.high_bit >= self.bits_allocated
         {
