@@ -32,6 +32,24 @@ pub enum Command {
     Bench(BenchArgs),
     /// Check a device against the CPU and transformers' goldens on the fixture checkpoints.
     Check(CheckArgs),
+    /// Work with audit logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check that every line of an audit log follows the one before it.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// The audit log (`--audit-log` of serve).
+    pub file: std::path::PathBuf,
+    /// The key the log was written with (`--audit-key-file` of serve).
+    #[arg(long, env = "MEDGEMMA_AUDIT_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,9 +176,14 @@ pub struct ServeArgs {
     /// A file of API keys, one per line (blank lines and `#` comments ignored).
     #[arg(long, env = "MEDGEMMA_API_KEY_FILE")]
     pub api_key_file: Option<std::path::PathBuf>,
-    /// Append one JSON line per request (who, what, when; never content) to this file.
+    /// Append one JSON line per request (who, what, when; never content) to this file,
+    /// each line linked to the one before by a hash (`medgemma-server audit verify`).
     #[arg(long, env = "MEDGEMMA_AUDIT_LOG")]
     pub audit_log: Option<std::path::PathBuf>,
+    /// A secret (at least 16 bytes) that keys the audit log's links (HMAC-SHA256), so
+    /// that nobody without it can rewrite the log and mend the chain.
+    #[arg(long, env = "MEDGEMMA_AUDIT_KEY_FILE")]
+    pub audit_key_file: Option<std::path::PathBuf>,
     /// Seconds a generation may run before it is ended with a 504 (0: no limit).
     #[arg(long, env = "MEDGEMMA_REQUEST_TIMEOUT", default_value_t = 600.0)]
     pub request_timeout: f64,

@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Serve(args) => serve_cmd::run(args),
         cli::Command::Bench(args) => bench_cmd::run(args),
         cli::Command::Check(args) => check_cmd::run(args),
+        cli::Command::Audit(cli::AuditCommand::Verify(args)) => audit_verify(&args),
         cli::Command::Config(cli::ConfigCommand::Print(_)) => {
             let sub = matches
                 .subcommand_matches("config")
@@ -53,6 +54,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `audit verify`: prints what an intact log holds; an error names the first
+/// broken line.
+fn audit_verify(args: &cli::AuditVerifyArgs) -> anyhow::Result<()> {
+    let chain = serve_cmd::audit_chain(args.key_file.as_deref())?;
+    let found = medgemma_http::audit::verify(&args.file, &chain)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let unchained = match found.unchained {
+        0 => String::new(),
+        n => format!(" ({n} unchained lines from before chaining first)"),
+    };
+    println!(
+        "{}: {} entries, every line follows the one before it{unchained}",
+        args.file.display(),
+        found.entries
+    );
+    Ok(())
 }
 
 /// Logs go to stderr only; stdout carries nothing but results.

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use medgemma_core::Executor;
-use medgemma_http::access::{AuditLog, ClientAddr};
+use medgemma_http::access::ClientAddr;
+use medgemma_http::audit::{AuditLog, Chain};
 use medgemma_http::{AppState, CheckpointImages, Engine, HttpLimits, ImageSettings, StateOptions};
 use medgemma_model::KvCacheConfig;
 use medgemma_scheduler::{SchedulerConfig, SchedulerHandle};
@@ -43,9 +44,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         api_keys.extend(read_key_file(path)?);
     }
     let audit = match &args.audit_log {
-        Some(p) => Some(
-            AuditLog::open(p).with_context(|| format!("opening the audit log {}", p.display()))?,
-        ),
+        Some(p) => {
+            let chain = audit_chain(args.audit_key_file.as_deref())?;
+            Some(
+                AuditLog::open(p, chain)
+                    .with_context(|| format!("opening the audit log {}", p.display()))?,
+            )
+        }
         None => None,
     };
     let options = StateOptions {
@@ -255,4 +260,17 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// The audit log's chain: keyed by the contents of `key_file` (surrounding
+/// whitespace trimmed) when one is given.
+pub fn audit_chain(key_file: Option<&std::path::Path>) -> Result<Chain> {
+    let key = match key_file {
+        Some(p) => Some(
+            std::fs::read(p).with_context(|| format!("reading the audit key {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let key = key.as_deref().map(|k| k.trim_ascii());
+    Chain::new(key).map_err(|e| anyhow::anyhow!(e))
 }

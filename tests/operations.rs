@@ -253,6 +253,73 @@ fn no_content_reaches_the_logs_or_the_audit_log() {
     assert!(lines.iter().any(|l| l["status"] == 400));
 }
 
+fn audit_verify(file: &std::path::Path, key: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medgemma-server"))
+        .args(["audit", "verify", file.to_str().unwrap(), "--key-file"])
+        .arg(key)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// The audit log is a keyed hash chain: it verifies across a restart, and an
+/// edited line breaks it at the next line, which `audit verify` names.
+#[test]
+fn the_audit_log_is_a_chain_that_shows_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let key = dir.path().join("audit.key");
+    std::fs::write(&key, "a-long-audit-secret-0123456789\n").unwrap();
+    let args = [
+        "--audit-log",
+        audit.to_str().unwrap(),
+        "--audit-key-file",
+        key.to_str().unwrap(),
+    ];
+    let ask = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
+    for _ in 0..2 {
+        let server = Server::start("tiny-gemma3", &args);
+        assert_eq!(server.post("/v1/chat/completions", &ask).0, 200);
+        assert_eq!(
+            server
+                .post("/v1/chat/completions", &json!({"messages": []}))
+                .0,
+            400
+        );
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let (ok, text) = audit_verify(&audit, &key);
+    assert!(ok, "{text}");
+    let text_log = std::fs::read_to_string(&audit).unwrap();
+    let n = text_log.lines().count();
+    assert!(n >= 4 && text.contains(&format!("{n} entries")), "{text}");
+    let first: Value = serde_json::from_str(text_log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["prev"], "0".repeat(64));
+    // A 400 turned into a 200 after the fact: the next line no longer follows.
+    let lines: Vec<&str> = text_log.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("\"status\":400"))
+        .unwrap();
+    assert!(at + 1 < n, "the edited line must not be the last");
+    let mut edited = lines.clone();
+    let changed = lines[at].replace("\"status\":400", "\"status\":200");
+    edited[at] = &changed;
+    std::fs::write(&audit, edited.join("\n") + "\n").unwrap();
+    let (ok, text) = audit_verify(&audit, &key);
+    assert!(!ok, "{text}");
+    assert!(text.contains(&format!("line {} ", at + 2)), "{text}");
+    // Another key does not verify the original either.
+    std::fs::write(&audit, &text_log).unwrap();
+    std::fs::write(&key, "another-secret-of-enough-bytes").unwrap();
+    assert!(!audit_verify(&audit, &key).0);
+    std::fs::write(&key, "short").unwrap();
+    let (ok, text) = audit_verify(&audit, &key);
+    assert!(!ok && text.contains("at least 16 bytes"), "{text}");
+}
+
 /// A streaming request on its own connection; `ignore_eos` keeps it generating
 /// to `max_tokens` whatever the random model says.
 fn start_stream(

@@ -1,18 +1,16 @@
 //! Who called what, when: one log line per request and an optional audit file of
-//! JSON lines. Both carry the request id, a key id (never the key), the route,
+//! JSON lines (see `audit`). Both carry the request id, a key id (never the key), the route,
 //! status, latency and token counts, and never any request or response content.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::audit::AuditEntry;
+use crate::state::AppState;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use serde::Serialize;
-
-use crate::state::AppState;
 
 /// The peer address of a connection, for the audit log (plain TCP and TLS alike).
 #[derive(Debug, Clone, Copy)]
@@ -61,49 +59,6 @@ pub struct TokenCounts {
 pub fn with_counts(mut resp: Response, counts: TokenCounts) -> Response {
     resp.extensions_mut().insert(counts);
     resp
-}
-
-/// The append-only audit file.
-pub struct AuditLog {
-    file: Mutex<std::fs::File>,
-}
-
-impl AuditLog {
-    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        Ok(Self {
-            file: Mutex::new(file),
-        })
-    }
-
-    fn write(&self, entry: &AuditEntry) {
-        let Ok(mut line) = serde_json::to_vec(entry) else {
-            return;
-        };
-        line.push(b'\n');
-        if let Ok(mut f) = self.file.lock() {
-            if let Err(e) = f.write_all(&line) {
-                tracing::error!(error = %e, "could not write the audit log");
-            }
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct AuditEntry<'a> {
-    time: f64,
-    request_id: &'a str,
-    key_id: Option<&'a str>,
-    client: Option<String>,
-    method: &'a str,
-    route: &'a str,
-    status: u16,
-    latency_ms: f64,
-    prompt_tokens: Option<usize>,
-    completion_tokens: Option<usize>,
 }
 
 const ROUTES: &[&str] = &[

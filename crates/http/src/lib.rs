@@ -2,6 +2,7 @@
 //! and metrics. It never sees candle: the model is behind the scheduler handle.
 
 pub mod access;
+pub mod audit;
 pub mod auth;
 pub mod chat;
 pub mod completions;

@@ -50,7 +50,7 @@ pub struct AppState {
     pub images: ImageSettings,
     /// Seed for requests that give none, when the operator set one.
     pub seed: Option<u64>,
-    pub audit: Option<crate::access::AuditLog>,
+    pub audit: Option<crate::audit::AuditLog>,
     /// Origins allowed by CORS; empty: CORS is off.
     pub cors_origins: Vec<String>,
     /// Longest a generation may run.
@@ -65,7 +65,7 @@ pub struct StateOptions {
     pub api_keys: Vec<String>,
     pub images: ImageSettings,
     pub seed: Option<u64>,
-    pub audit: Option<crate::access::AuditLog>,
+    pub audit: Option<crate::audit::AuditLog>,
     pub cors_origins: Vec<String>,
     pub request_timeout: Option<std::time::Duration>,
 }
