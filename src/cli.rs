@@ -173,9 +173,16 @@ pub struct ServeArgs {
     /// Allowed CORS origins (off unless set; `*` allows any).
     #[arg(long, env = "MEDGEMMA_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
-    /// A file of API keys, one per line (blank lines and `#` comments ignored).
+    /// A file of API keys, one per line, each optionally followed by its own limits
+    /// (`max_concurrent=N requests_per_minute=N`); blank lines and `#` comments ignored.
     #[arg(long, env = "MEDGEMMA_API_KEY_FILE")]
     pub api_key_file: Option<std::path::PathBuf>,
+    /// Generations one API key may have in flight (keys without their own limit).
+    #[arg(long, env = "MEDGEMMA_KEY_MAX_CONCURRENT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub key_max_concurrent: Option<u64>,
+    /// Generations one API key may start per minute (keys without their own limit).
+    #[arg(long, env = "MEDGEMMA_KEY_REQUESTS_PER_MINUTE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub key_requests_per_minute: Option<u32>,
     /// Append one JSON line per request (who, what, when; never content) to this file,
     /// each line linked to the one before by a hash (`medgemma-server audit verify`).
     #[arg(long, env = "MEDGEMMA_AUDIT_LOG")]

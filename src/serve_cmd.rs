@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use medgemma_core::Executor;
 use medgemma_http::access::ClientAddr;
 use medgemma_http::audit::{AuditLog, Chain};
+use medgemma_http::quota::{parse_key_line, KeyLimits};
 use medgemma_http::{AppState, CheckpointImages, Engine, HttpLimits, ImageSettings, StateOptions};
 use medgemma_model::KvCacheConfig;
 use medgemma_scheduler::{SchedulerConfig, SchedulerHandle};
@@ -34,15 +35,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_bytes: args.max_image_bytes,
         ..ImageSettings::default()
     };
-    let mut api_keys: Vec<String> = args
-        .api_keys
-        .iter()
-        .filter(|k| !k.is_empty())
-        .cloned()
-        .collect();
-    if let Some(path) = &args.api_key_file {
-        api_keys.extend(read_key_file(path)?);
-    }
+    let (api_keys, key_limits) = keys(&args)?;
     let audit = match &args.audit_log {
         Some(p) => {
             let chain = audit_chain(args.audit_key_file.as_deref())?;
@@ -55,6 +48,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let options = StateOptions {
         api_keys,
+        key_limits,
         images,
         seed: args.seed,
         audit,
@@ -208,15 +202,44 @@ fn checkpoint_images(
 }
 
 /// API keys from a file: one per line, blank lines and `#` comments ignored.
-fn read_key_file(path: &std::path::Path) -> Result<Vec<String>> {
+/// The API keys (flags, then the key file) and each one's limits: its own from
+/// the key file, else the `--key-*` defaults.
+fn keys(args: &ServeArgs) -> Result<(Vec<String>, Vec<KeyLimits>)> {
+    let defaults = KeyLimits {
+        max_concurrent: args.key_max_concurrent.map(|n| n as usize),
+        requests_per_minute: args.key_requests_per_minute,
+    };
+    let mut keys: Vec<(String, KeyLimits)> = args
+        .api_keys
+        .iter()
+        .filter(|k| !k.is_empty())
+        .map(|k| (k.clone(), KeyLimits::default()))
+        .collect();
+    if let Some(path) = &args.api_key_file {
+        keys.extend(read_key_file(path)?);
+    }
+    let limited =
+        defaults != KeyLimits::default() || keys.iter().any(|(_, l)| *l != KeyLimits::default());
+    if limited && keys.is_empty() {
+        anyhow::bail!("per-key limits need API keys (--api-key or --api-key-file)");
+    }
+    Ok(keys.into_iter().map(|(k, l)| (k, l.or(defaults))).unzip())
+}
+
+/// One key per line, optionally followed by its limits (`max_concurrent=N`,
+/// `requests_per_minute=N`); blank lines and `#` comments are ignored. Errors
+/// name the line, never the key.
+fn read_key_file(path: &std::path::Path) -> Result<Vec<(String, KeyLimits)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the API key file {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect())
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .map(|(i, l)| {
+            parse_key_line(l).map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), i + 1))
+        })
+        .collect()
 }
 
 /// After a stop signal, in-flight requests have `grace` to finish; then the engine

@@ -253,6 +253,101 @@ fn no_content_reaches_the_logs_or_the_audit_log() {
     assert!(lines.iter().any(|l| l["status"] == 400));
 }
 
+/// Per-key limits from the key file: a key at its concurrency limit gets 429s
+/// while its stream runs (other keys do not), and a key past its rate waits as
+/// Retry-After says.
+#[test]
+fn per_key_limits_refuse_with_429_and_spare_other_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &keys,
+        "# ward tools\nkey-one max_concurrent=1\nkey-two requests_per_minute=2\n",
+    )
+    .unwrap();
+    let server = Server::start("tiny-gemma3", &["--api-key-file", keys.to_str().unwrap()]);
+    let ask = |key: &str| {
+        let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
+        let auth = format!("Bearer {key}");
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let (status, resp) = status_with(
+            &server,
+            "POST",
+            "/v1/chat/completions",
+            &headers,
+            Some(&body.to_string()),
+        );
+        let retry = resp.header("retry-after").map(String::from);
+        let body: Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
+        (status, retry, body)
+    };
+    // key-one's stream holds its only place until the stream ends.
+    let addr = server
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    let body = json!({"messages": [{"role": "user", "content": "Describe the film."}],
+        "max_tokens": 400, "stream": true, "ignore_eos": true})
+    .to_string();
+    write!(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer key-one\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    let (status, retry, body) = ask("key-one");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(!body.to_string().contains("key-one"), "{body}");
+    assert_eq!(ask("key-two").0, 200);
+    let rest: Vec<String> = reader.lines().map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l == "data: [DONE]"));
+    assert_eq!(ask("key-one").0, 200);
+    // key-two: two a minute, the first already used.
+    assert_eq!(ask("key-two").0, 200);
+    let (status, retry, body) = ask("key-two");
+    assert_eq!(status, 429, "{body}");
+    let wait: u64 = retry.unwrap().parse().unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    let (_, metrics) = status_with(
+        &server,
+        "GET",
+        "/metrics",
+        &[("authorization", "Bearer key-two")],
+        None,
+    );
+    let metrics = metrics.into_string().unwrap();
+    assert!(metrics.contains("status=\"429\""), "{metrics}");
+}
+
+#[test]
+fn a_bad_limit_in_the_key_file_stops_the_start_without_quoting_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "sk-fine\nsk-very-secret max_concurent=3\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medgemma-server"))
+        .args(["serve", "--model"])
+        .arg(common::fixture("tiny-gemma3"))
+        .args(["--port", "0", "--api-key-file"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("line 2") && err.contains("max_concurent"),
+        "{err}"
+    );
+    assert!(!err.contains("sk-very-secret"), "{err}");
+}
+
 fn audit_verify(file: &std::path::Path, key: &std::path::Path) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_medgemma-server"))
         .args(["audit", "verify", file.to_str().unwrap(), "--key-file"])

@@ -110,6 +110,8 @@ pub async fn log_request(State(state): State<Arc<AppState>>, req: Request, next:
     }
     let counts = resp.extensions().get::<TokenCounts>().copied();
     let status = resp.status().as_u16();
+    // Every response counts, refusals by the layers before the handlers too.
+    state.metrics.count_request(route, status);
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
     tracing::info!(
         request_id = %id,

@@ -53,9 +53,6 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -
         }
         Err(e) => e.into_response(),
     };
-    state
-        .metrics
-        .count_request("/v1/chat/completions", resp.status().as_u16());
     resp
 }
 

@@ -52,9 +52,6 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Res
         }
         Err(e) => e.into_response(),
     };
-    state
-        .metrics
-        .count_request("/v1/completions", resp.status().as_u16());
     resp
 }
 

@@ -11,6 +11,7 @@ pub mod generation;
 pub mod images;
 pub mod metrics;
 pub mod prompt;
+pub mod quota;
 pub mod routes;
 pub mod sse;
 pub mod state;
@@ -55,6 +56,10 @@ pub fn router(state: Arc<AppState>, limits: &HttpLimits) -> Router {
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            quota::limit_keys,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,

@@ -103,7 +103,7 @@ pub async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
             max_model_len: engine.max_model_len,
         })
     })();
-    respond(&state, "/tokenize", result)
+    respond(result)
 }
 
 pub async fn detokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -125,14 +125,12 @@ pub async fn detokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Resp
             prompt: engine.text.decode(&req.tokens, false)?,
         })
     })();
-    respond(&state, "/detokenize", result)
+    respond(result)
 }
 
-fn respond<T: serde::Serialize>(state: &AppState, route: &str, r: Result<T, ApiError>) -> Response {
-    let resp = match r {
+fn respond<T: serde::Serialize>(r: Result<T, ApiError>) -> Response {
+    match r {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => e.into_response(),
-    };
-    state.metrics.count_request(route, resp.status().as_u16());
-    resp
+    }
 }

@@ -47,6 +47,8 @@ pub struct AppState {
     pub engine: OnceLock<Engine>,
     pub metrics: Metrics,
     pub api_keys: Vec<String>,
+    /// Each key's limits and use, in the order of `api_keys`.
+    pub quotas: Vec<crate::quota::KeyQuota>,
     pub images: ImageSettings,
     /// Seed for requests that give none, when the operator set one.
     pub seed: Option<u64>,
@@ -63,6 +65,8 @@ pub struct AppState {
 #[derive(Default)]
 pub struct StateOptions {
     pub api_keys: Vec<String>,
+    /// The limits of each key, in the order of `api_keys` (missing: none).
+    pub key_limits: Vec<crate::quota::KeyLimits>,
     pub images: ImageSettings,
     pub seed: Option<u64>,
     pub audit: Option<crate::audit::AuditLog>,
@@ -74,6 +78,7 @@ impl AppState {
     pub fn new(model_name: String, options: StateOptions) -> Arc<Self> {
         let StateOptions {
             api_keys,
+            key_limits,
             images,
             seed,
             audit,
@@ -84,11 +89,15 @@ impl AppState {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let quotas = (0..api_keys.len())
+            .map(|i| crate::quota::KeyQuota::new(key_limits.get(i).copied().unwrap_or_default()))
+            .collect();
         Arc::new(Self {
             model_name,
             engine: OnceLock::new(),
             metrics: Metrics::default(),
             api_keys,
+            quotas,
             images,
             seed,
             audit,
@@ -101,11 +110,16 @@ impl AppState {
 
     /// The key id of a request's valid API key, if it sent one.
     pub fn key_id(&self, headers: &axum::http::HeaderMap) -> Option<crate::access::KeyId> {
+        self.key_index(headers)
+            .map(|i| crate::access::KeyId::of(&self.api_keys[i]))
+    }
+
+    /// Which of `api_keys` a request sent, if any.
+    pub fn key_index(&self, headers: &axum::http::HeaderMap) -> Option<usize> {
         let given = crate::auth::bearer(headers)?;
         self.api_keys
             .iter()
-            .find(|k| crate::auth::constant_time_eq(given.as_bytes(), k.as_bytes()))
-            .map(|k| crate::access::KeyId::of(k))
+            .position(|k| crate::auth::constant_time_eq(given.as_bytes(), k.as_bytes()))
     }
 
     pub fn engine(&self) -> Result<&Engine, ApiError> {
