@@ -15,7 +15,7 @@ use medgemma_core::Constraint;
 
 use crate::json_matcher::SchemaConstraint;
 
-use crate::schema::{CursorStep, Schema, SchemaState, TokenCursor};
+use crate::schema::{plain_text, CursorStep, Schema, SchemaState, TokenCursor};
 
 /// Masks kept at most per constraint.
 const MASKS_KEPT: usize = 256;
@@ -140,6 +140,10 @@ fn offsets(lens: impl Iterator<Item = usize>) -> Vec<u32> {
 /// The vocabulary's byte strings, for constrained output; built once per tokenizer.
 pub struct JsonVocab {
     trie: Trie,
+    /// The tokens that are plain text (see [`plain_text`]), as bits.
+    plain: Vec<u64>,
+    /// The trie of every other token: in a free string or key, the only walk.
+    special: Trie,
     pub(crate) bytes: Vec<Box<[u8]>>,
     pub(crate) eos: Vec<u32>,
 }
@@ -157,8 +161,23 @@ impl JsonVocab {
     /// `bytes[t]` is token `t`'s text (empty for a token that is never text: a
     /// special token); `eos` end the output.
     pub fn new(bytes: Vec<Vec<u8>>, eos: Vec<u32>) -> Self {
+        let mut plain = vec![0u64; bytes.len().div_ceil(64)];
+        let special: Vec<Vec<u8>> = bytes
+            .iter()
+            .enumerate()
+            .map(|(t, b)| {
+                if !b.is_empty() && plain_text(b) {
+                    set_bit(&mut plain, t as u32);
+                    Vec::new()
+                } else {
+                    b.clone()
+                }
+            })
+            .collect();
         Self {
             trie: Trie::new(&bytes),
+            plain,
+            special: Trie::new(&special),
             bytes: bytes.into_iter().map(Vec::into_boxed_slice).collect(),
             eos,
         }
@@ -185,15 +204,27 @@ impl JsonVocab {
         Constraint(Arc::new(SchemaConstraint { masks, triggered }))
     }
 
-    /// Marks every token whose bytes `state` takes, depth first through the
-    /// trie. Inside a token only the token's cursor is carried (most of the
+    /// Marks every token whose bytes `state` takes. In a free string or key,
+    /// every plain-text token is taken and only the others are walked (about
+    /// one token in thirty of a large vocabulary); elsewhere all of them.
+    fn walk(&self, schema: &Schema, state: &SchemaState, bits: &mut [u64]) {
+        if state.cursor().is_some_and(|c| c.is_plain(schema)) {
+            bits.copy_from_slice(&self.plain);
+            Self::walk_trie(&self.special, schema, state, bits);
+        } else {
+            Self::walk_trie(&self.trie, schema, state, bits);
+        }
+    }
+
+    /// Marks every token of `trie` whose bytes `state` takes, depth first.
+    /// Inside a token only the token's cursor is carried (most of the
     /// vocabulary is text inside a string); a whole state is made where the
     /// token ends, and becomes the base of the cursors below it.
-    fn walk(&self, schema: &Schema, state: &SchemaState, bits: &mut [u64]) {
+    fn walk_trie(trie: &Trie, schema: &Schema, state: &SchemaState, bits: &mut [u64]) {
         let mut bases = vec![state.clone()];
         let mut todo = vec![(0u32, Walk::At(0))];
         while let Some((node, at)) = todo.pop() {
-            for &(byte, child) in self.trie.children(node) {
+            for &(byte, child) in trie.children(node) {
                 let next = match at {
                     Walk::Token(base, cursor) => {
                         match bases[base].step_cursor(schema, cursor, byte) {
@@ -211,7 +242,7 @@ impl JsonVocab {
                     }
                 };
                 if let Some(next) = next {
-                    for &t in self.trie.tokens(child) {
+                    for &t in trie.tokens(child) {
                         set_bit(bits, t);
                     }
                     todo.push((child, next));
@@ -413,6 +444,13 @@ mod walks {
                     assert!(probe.feed_all(&masks.schema, &text));
                     let complete = probe.complete(&masks.schema);
                     let shown = String::from_utf8_lossy(&text).into_owned();
+                    // Free strings and keys skip the plain tokens' walk: the
+                    // same mask as walking every token.
+                    let words = vocab.bytes.len().div_ceil(64);
+                    let (mut fast, mut slow) = (vec![0u64; words], vec![0u64; words]);
+                    vocab.walk(&masks.schema, &probe, &mut fast);
+                    JsonVocab::walk_trie(&vocab.trie, &masks.schema, &probe, &mut slow);
+                    assert_eq!(fast, slow, "{shown}");
                     assert_eq!(allowed.contains(&0), complete, "{shown}");
                     assert!(
                         !allowed.is_empty() && (allowed != [0] || complete),

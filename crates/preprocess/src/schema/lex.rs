@@ -111,6 +111,32 @@ impl KeyLex {
     }
 }
 
+impl KeyLex {
+    /// Whether this is a key that can no longer be a listed one, between
+    /// characters: every byte of plain text is then taken.
+    pub fn is_plain(&self) -> bool {
+        self.candidates == 0 && self.free && !self.escape && self.utf8 == 0
+    }
+}
+
+/// Whether `bytes`, read from between two characters of a string, are plain
+/// text: no quote, no backslash, valid UTF-8 without control characters (a
+/// character may be left unfinished at the end). A free string or key takes
+/// every plain token the same way, so its mask needs no walk over them.
+pub fn plain_text(bytes: &[u8]) -> bool {
+    let mut due = 0u8;
+    for &b in bytes {
+        if due == 0 && (b == b'"' || b == b'\\') {
+            return false;
+        }
+        match next_utf8(due, b) {
+            Some(d) => due = d,
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Where a UTF-8 character stands after `b`, if `b` is valid string content:
 /// 0 when complete, 1–3 continuation bytes due (any of 80–BF), or a code for a
 /// first continuation byte with a narrower range (no overlong forms, no

@@ -25,6 +25,7 @@ mod string;
 mod tests;
 
 pub use compile::{SchemaError, MAX_PROPERTIES};
+pub use lex::plain_text;
 pub use node::Schema;
 pub use state::{CursorStep, SchemaState, TokenCursor, MAX_DEPTH, MAX_INDENT};
 

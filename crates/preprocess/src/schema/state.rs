@@ -399,6 +399,18 @@ impl Thread {
 #[derive(Debug, Clone, Copy)]
 pub struct TokenCursor(Lex);
 
+impl TokenCursor {
+    /// Whether the cursor stands in a free string or key between characters,
+    /// where every plain-text token is taken.
+    pub fn is_plain(&self, schema: &Schema) -> bool {
+        match self.0 {
+            Lex::Str(s) => s.is_plain(schema),
+            Lex::Key(k) => k.is_plain(),
+            _ => false,
+        }
+    }
+}
+
 /// What a byte does to a token's cursor.
 pub enum CursorStep {
     /// Taken, inside the token.

@@ -144,6 +144,14 @@ impl StrLex {
         Step::Go(Lex::Str(self))
     }
 
+    /// Whether this is a free string (no length or pattern rule) between
+    /// characters: every byte of plain text (see [`super::plain_text`]) is then
+    /// taken, whatever comes after.
+    pub fn is_plain(&self, schema: &Schema) -> bool {
+        let rule = string_rule(schema, self.node);
+        self.utf8 == 0 && self.esc == Esc::No && rule.max_chars.is_none() && rule.pattern.is_none()
+    }
+
     /// Whether an escape may start here: room for one more character, and (with
     /// a pattern) some one-letter escape that the pattern takes.
     fn escape_may_come(&self, schema: &Schema, rule: &StringRule) -> bool {
