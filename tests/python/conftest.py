@@ -27,9 +27,18 @@ def goldens():
 
 @pytest.fixture(scope="session")
 def server():
+    proc, base = start_server(["--api-key", "test-key"])
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def start_server(extra):
+    """Starts the binary on the tiny checkpoint with `extra` flags; (process, base URL)
+    once it is ready."""
     proc = subprocess.Popen(
         [binary(), "serve", "--model", str(FIXTURES / "tiny-gemma3"), "--port", "0",
-         "--served-model-name", "medgemma-tiny", "--api-key", "test-key"],
+         "--served-model-name", "medgemma-tiny", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     line = proc.stdout.readline().strip()
@@ -45,9 +54,7 @@ def server():
             if time.time() > deadline:
                 raise
             time.sleep(0.05)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    return proc, base
 
 
 @pytest.fixture()

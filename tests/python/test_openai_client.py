@@ -224,3 +224,56 @@ def test_images_as_data_urls(client):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}]}])
+
+
+def test_dicom_image_parts_read_as_their_reference_png(client):
+    import base64
+    import pathlib
+
+    dicom_dir = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "dicom"
+
+    def ask(name, mime):
+        data = base64.b64encode((dicom_dir / name).read_bytes()).decode()
+        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}},
+            {"type": "text", "text": "Findings?"}]}], temperature=0, max_tokens=3)
+
+    dicom = ask("ct_rle.dcm", "application/dicom")
+    png = ask("ct_rle.png", "image/png")
+    assert dicom.usage.prompt_tokens == png.usage.prompt_tokens
+    assert dicom.choices[0].message.content == png.choices[0].message.content
+    # A file whose transfer syntax says RLE over native pixels is refused, naming DICOM.
+    raw = bytearray((dicom_dir / "mr.dcm").read_bytes())
+    at = raw.index(b"1.2.840.10008.1.2.1\0")
+    raw[at:at + 20] = b"1.2.840.10008.1.2.5\0"
+    data = base64.b64encode(bytes(raw)).decode()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": f"data:application/dicom;base64,{data}"}}]}])
+    assert "DICOM" in str(e.value)
+
+
+def test_a_key_past_its_rate_gets_the_sdks_rate_limit_error(tmp_path):
+    from openai import OpenAI
+
+    from conftest import start_server
+
+    keys = tmp_path / "keys"
+    keys.write_text("slow-key requests_per_minute=2\nother-key\n")
+    proc, base = start_server(["--api-key-file", str(keys)])
+    try:
+        ask = dict(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+        slow = OpenAI(base_url=base + "/v1", api_key="slow-key", max_retries=0)
+        for _ in range(2):
+            slow.chat.completions.create(**ask)
+        with pytest.raises(openai.RateLimitError) as e:
+            slow.chat.completions.create(**ask)
+        assert e.value.code == "rate_limit_exceeded"
+        # A bucket of 2 a minute holds the next request again in 30 s; the SDKs
+        # wait that long before a retry.
+        assert int(e.value.response.headers["retry-after"]) in (29, 30)
+        other = OpenAI(base_url=base + "/v1", api_key="other-key", max_retries=0)
+        assert other.chat.completions.create(**ask).choices[0].finish_reason
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
