@@ -24,6 +24,7 @@ use crate::prompt::{chat_prompt, max_new_tokens};
 use crate::sse::{chunk_event, failed_event, json_event, sse_response, ChoiceEvent};
 use crate::state::AppState;
 use crate::tools::parse_calls;
+use medgemma_preprocess::call_opening::{opening, Opening};
 
 pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = crate::state::prepare(&state, body, start).await;
@@ -204,9 +205,10 @@ fn answer(
 /// because it may be tool calls (sent whole, once the list is finished).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Passing {
-    /// Tools may be called and no text has come yet.
+    /// Tools may be called and the answer has not shown yet whether it opens a
+    /// list (blanks, or part of a code fence, so far): held.
     Undecided,
-    /// The answer opened a list: held until it ends.
+    /// The answer opened a list (bare or fenced): held until it ends.
     Holding,
     Yes,
 }
@@ -299,11 +301,11 @@ impl ChoiceStream {
                 self.held_text.push_str(&piece.text);
                 self.held_logprobs
                     .extend(logprobs.map(|l| l.content).unwrap_or_default());
-                let begun = self.held_text.trim_start();
-                if self.passing == Passing::Undecided && !begun.is_empty() {
-                    self.passing = match begun.starts_with('[') {
-                        true => Passing::Holding,
-                        false => Passing::Yes,
+                if self.passing == Passing::Undecided {
+                    self.passing = match opening(&self.held_text) {
+                        Opening::Undecided(_) => Passing::Undecided,
+                        Opening::List { .. } => Passing::Holding,
+                        Opening::Text => Passing::Yes,
                     };
                 }
                 if self.passing == Passing::Yes || piece.finish.is_some() {

@@ -2,9 +2,11 @@
 //! The tools are described in the system turn, with the answer's form: a JSON
 //! list of `{"name", "arguments"}` calls and nothing else. The sampler holds the
 //! model to that form (always, for `required` or a named tool; once the answer
-//! opens a list, for `auto`), so a list that ends is a list of valid calls. The
+//! opens a list, for `auto`: bare, or inside a Markdown code fence as Gemma
+//! models often write it), so a list that ends is a list of valid calls. The
 //! history's calls and tool results are written back in the same form.
 
+use medgemma_preprocess::call_opening::unfence;
 use medgemma_preprocess::{OutputRule, ToolRule};
 use medgemma_protocol::{FunctionCall, HistoryCall, ToolCall, ToolChoice, ValidTools};
 use serde_json::{json, Value};
@@ -116,14 +118,14 @@ struct WrittenCall<'a> {
 }
 
 /// The calls in a finished answer, if it is a list of calls of these tools
-/// (after any blanks); ids are `call_<request>_<choice>_<k>`.
+/// (after any blanks, or inside a code fence); ids are `call_<request>_<choice>_<k>`.
 pub fn parse_calls(
     text: &str,
     tools: &ValidTools,
     request_id: &str,
     choice: usize,
 ) -> Option<Vec<ToolCall>> {
-    let text = text.trim_start();
+    let text = unfence(text).trim_start();
     if !text.starts_with('[') {
         return None;
     }
@@ -185,6 +187,9 @@ mod tests {
         );
         let blank_first = parse_calls("\n [{\"name\": \"labs\", \"arguments\": {}}]", &t, "c-1", 0);
         assert_eq!(blank_first.unwrap()[0].function.arguments, "{}");
+        let fenced = "```json\n[{\"name\": \"labs\", \"arguments\": {\"panel\": \"bmp\"}}]\n```";
+        let fenced = parse_calls(fenced, &t, "c-1", 0).unwrap();
+        assert_eq!(fenced[0].function.arguments, r#"{"panel": "bmp"}"#);
         let history = [HistoryCall {
             id: calls[0].id.clone(),
             name: "labs".into(),
@@ -200,6 +205,7 @@ mod tests {
             r#"[{"name": "other", "arguments": {}}]"#,
             r#"[{"name": "labs"}]"#,
             "[1",
+            "```python\nprint(1)\n```",
         ] {
             assert!(parse_calls(text, &t, "chatcmpl-1", 0).is_none(), "{text}");
         }

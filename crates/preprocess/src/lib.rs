@@ -3,6 +3,7 @@
 //! incremental detokenization for streaming.
 
 mod bytes;
+pub mod call_opening;
 pub mod decode;
 pub mod detok;
 pub mod dicom;
