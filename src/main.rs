@@ -71,17 +71,52 @@ fn audit_verify(args: &cli::AuditVerifyArgs) -> anyhow::Result<()> {
         args.file.display(),
         found.entries
     );
+    for n in &found.cut {
+        println!("line {n} was cut short (a crash while writing it); its link holds");
+    }
     Ok(())
 }
 
 /// Logs go to stderr only; stdout carries nothing but results.
 fn init_logging(level: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level.unwrap_or("warn"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter(level.unwrap_or("warn")))
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Libraries that log what passes through them at debug or trace (the
+/// tokenizer logs every character of a prompt it normalizes): never more than
+/// info, whatever was asked, so no request content reaches the logs.
+const LIBRARY_CAPS: [&str; 9] = [
+    "tokenizers=info",
+    "minijinja=info",
+    "hyper=info",
+    "h2=info",
+    "axum=info",
+    "tower_http=info",
+    "rustls=info",
+    "ureq=info",
+    "candle=info",
+];
+
+/// `--log-level`: a plain level applies to this server's own code, and to
+/// libraries up to info; a directive list (`medgemma_http=debug,...`) is taken
+/// as written. The library caps apply either way.
+fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    let spec = match level {
+        "trace" | "debug" => format!("info,medgemma={level}"),
+        "error" | "warn" | "info" => format!("{level},medgemma={level}"),
+        other => other.to_string(),
+    };
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    for cap in LIBRARY_CAPS {
+        if let Ok(d) = cap.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
 }
 
 /// The error and its causes on one line.
@@ -89,4 +124,41 @@ fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
     parts.dedup();
     parts.join(": ").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    fn enabled(spec: &str, target_is_tokenizers: bool, level: Level) -> bool {
+        let subscriber = tracing_subscriber::registry().with(super::log_filter(spec));
+        tracing::subscriber::with_default(subscriber, || match (target_is_tokenizers, level) {
+            (true, Level::TRACE) => {
+                tracing::enabled!(target: "tokenizers::normalizer", Level::TRACE)
+            }
+            (true, _) => tracing::enabled!(target: "tokenizers::normalizer", Level::INFO),
+            (false, Level::TRACE) => {
+                tracing::enabled!(target: "medgemma_http::access", Level::TRACE)
+            }
+            (false, _) => tracing::enabled!(target: "medgemma_http::access", Level::INFO),
+        })
+    }
+
+    /// The tokenizer logs each character of a prompt at trace: never shown,
+    /// even when asked for by name.
+    #[test]
+    fn libraries_that_log_content_are_capped() {
+        for spec in [
+            "trace",
+            "debug",
+            "tokenizers=trace",
+            "trace,tokenizers=trace",
+        ] {
+            assert!(!enabled(spec, true, Level::TRACE), "{spec}");
+        }
+        assert!(enabled("trace", false, Level::TRACE));
+        assert!(enabled("info", true, Level::INFO));
+        assert!(!enabled("warn", false, Level::INFO));
+    }
 }

@@ -44,6 +44,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
                     .with_context(|| format!("opening the audit log {}", p.display()))?,
             )
         }
+        None if args.audit_key_file.is_some() => {
+            anyhow::bail!("--audit-key-file keys the audit log: give --audit-log too")
+        }
         None => None,
     };
     let options = StateOptions {
@@ -217,6 +220,15 @@ fn keys(args: &ServeArgs) -> Result<(Vec<String>, Vec<KeyLimits>)> {
         .collect();
     if let Some(path) = &args.api_key_file {
         keys.extend(read_key_file(path)?);
+    }
+    for (i, (key, _)) in keys.iter().enumerate() {
+        if keys[..i].iter().any(|(k, _)| k == key) {
+            anyhow::bail!(
+                "an API key is given twice (key {} of the flags and the key file, in order); \
+                 give each key once, with its limits",
+                i + 1
+            );
+        }
     }
     let limited =
         defaults != KeyLimits::default() || keys.iter().any(|(_, l)| *l != KeyLimits::default());

@@ -218,6 +218,11 @@ fn no_content_reaches_the_logs_or_the_audit_log() {
     let generated = answer["choices"][0]["message"]["content"].as_str().unwrap();
     for (what, text) in [("logs", &logs), ("audit log", &audit_text)] {
         assert!(!text.contains(canary), "the canary reached the {what}");
+        // The tokenizer logs each character it normalizes at trace: capped.
+        assert!(
+            !text.contains("tokenizers::"),
+            "tokenizer traces reached the {what}"
+        );
         for phi in ["CANARY^DICOM", "CANARY-ID-0042"] {
             assert!(!text.contains(phi), "a DICOM attribute reached the {what}");
         }
@@ -342,10 +347,25 @@ fn a_bad_limit_in_the_key_file_stops_the_start_without_quoting_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("line 2") && err.contains("max_concurent"),
+        err.contains("line 2") && err.contains("unknown limit"),
         "{err}"
     );
     assert!(!err.contains("sk-very-secret"), "{err}");
+    // A key given twice (here, once with limits) would be limited by chance.
+    std::fs::write(&keys, "sk-twice max_concurrent=1\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_medgemma-server"))
+        .args(["serve", "--model"])
+        .arg(common::fixture("tiny-gemma3"))
+        .args(["--port", "0", "--api-key", "sk-twice", "--api-key-file"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("given twice"),
+        "{err}"
+    );
+    assert!(!err.contains("sk-twice"), "{err}");
 }
 
 fn audit_verify(file: &std::path::Path, key: &std::path::Path) -> (bool, String) {
@@ -390,8 +410,11 @@ fn the_audit_log_is_a_chain_that_shows_edits() {
     let text_log = std::fs::read_to_string(&audit).unwrap();
     let n = text_log.lines().count();
     assert!(n >= 4 && text.contains(&format!("{n} entries")), "{text}");
-    let first: Value = serde_json::from_str(text_log.lines().next().unwrap()).unwrap();
+    let first_line = text_log.lines().next().unwrap();
+    assert!(first_line.starts_with("{\"prev\":"), "{first_line}");
+    let first: Value = serde_json::from_str(first_line).unwrap();
     assert_eq!(first["prev"], "0".repeat(64));
+    assert_eq!(first["client"], "127.0.0.1", "{first}");
     // A 400 turned into a 200 after the fact: the next line no longer follows.
     let lines: Vec<&str> = text_log.lines().collect();
     let at = lines

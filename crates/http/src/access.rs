@@ -101,8 +101,8 @@ pub async fn log_request(State(state): State<Arc<AppState>>, req: Request, next:
     let route = route_label(req.uri().path());
     let client = req
         .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|c| c.0 .0.ip().to_string());
     let key = state.key_id(req.headers());
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -5,7 +5,10 @@
 //! line breaks the chain at the line after it; with a key, nobody without the
 //! key can mend the chain after an edit. [`verify`] walks a file and says where
 //! it breaks. A server restarted on an existing file chains on from its last
-//! line. Lines written before chaining existed (no `prev`) may only come first.
+//! line (a line cut short by a crash is ended and chained from as it is; `prev`
+//! comes first in every line, so even a cut line shows its own link). Lines
+//! written before chaining existed (no `prev`) may only come first, and a file
+//! with no chained line does not verify.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -65,9 +68,9 @@ pub struct AuditEntry<'a> {
 
 #[derive(Serialize)]
 struct Chained<'a> {
+    prev: &'a str,
     #[serde(flatten)]
     entry: &'a AuditEntry<'a>,
-    prev: &'a str,
 }
 
 struct Tail {
@@ -84,12 +87,21 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens (or creates) `path` for appending, chaining on from its last line.
     pub fn open(path: &Path, chain: Chain) -> std::io::Result<Self> {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(path)?;
-        let prev = match last_line(&mut file)? {
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true).read(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path)?;
+        let (before, last) = last_lines(&mut file)?;
+        if let (Some(before), Some(last)) = (&before, &last) {
+            if link_of(last).is_some_and(|l| l != chain.link(before)) {
+                tracing::warn!(
+                    "the audit log's last line does not follow the one before it under this key \
+                     (another audit key, or an edit); new lines chain on from it"
+                );
+            }
+        }
+        let prev = match last {
             Some(line) => chain.link(&line),
             None => GENESIS.to_string(),
         };
@@ -119,12 +131,14 @@ impl AuditLog {
     }
 }
 
-/// The last line of `file` (without its newline), read from its end; none when
-/// the file is empty.
-fn last_line(file: &mut File) -> std::io::Result<Option<Vec<u8>>> {
+/// A file's line before the last, and its last (without newlines).
+type LastLines = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// The last two lines of `file`, read from its end.
+fn last_lines(file: &mut File) -> std::io::Result<LastLines> {
     let len = file.seek(SeekFrom::End(0))?;
     if len == 0 {
-        return Ok(None);
+        return Ok((None, None));
     }
     file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))?;
     let mut tail = Vec::new();
@@ -132,12 +146,26 @@ fn last_line(file: &mut File) -> std::io::Result<Option<Vec<u8>>> {
     if tail.last() == Some(&b'\n') {
         tail.pop();
     } else {
-        // A torn last write: end it, so the next entry starts a line of its own
-        // (verification will name the torn line).
+        // A torn last write: end it, so the next entry starts a line of its own.
         file.write_all(b"\n")?;
     }
-    let start = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    Ok(Some(tail[start..].to_vec()))
+    let mut lines = tail.rsplit(|&b| b == b'\n');
+    let last = lines.next().map(<[u8]>::to_vec);
+    let before = match len > TAIL_BYTES {
+        // The line before may be cut by the window: only a whole one counts.
+        true => lines.next().filter(|_| lines.next().is_some()),
+        false => lines.next(),
+    };
+    Ok((before.map(<[u8]>::to_vec), last))
+}
+
+/// The `prev` a line starts with (whole or cut short after it).
+fn link_of(line: &[u8]) -> Option<&str> {
+    let rest = line.strip_prefix(b"{\"prev\":\"")?;
+    let hex = rest.get(..64)?;
+    (rest.get(64) == Some(&b'"') && hex.iter().all(u8::is_ascii_hexdigit))
+        .then(|| std::str::from_utf8(hex).ok())
+        .flatten()
 }
 
 /// What [`verify`] found in an intact file.
@@ -147,39 +175,58 @@ pub struct Verified {
     pub entries: usize,
     /// Lines before the first chained one (written before chaining existed).
     pub unchained: usize,
+    /// Lines cut short by a crash while writing (1-based), whose links hold.
+    pub cut: Vec<usize>,
 }
 
-/// Walks an audit file and checks every link; the error names the first line
-/// (1-based) where the chain breaks and why.
+/// At most this many broken lines are named.
+const MAX_NAMED: usize = 10;
+
+/// Walks an audit file and checks every link. The error names the lines
+/// (1-based) where the chain breaks, and why.
 pub fn verify(path: &Path, chain: &Chain) -> Result<Verified, String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut found = Verified {
         entries: 0,
         unchained: 0,
+        cut: Vec::new(),
     };
+    let mut broken: Vec<String> = Vec::new();
     let mut expected: Option<String> = None;
     for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
         let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
         let n = i + 1;
-        let value: serde_json::Value = serde_json::from_slice(&line)
-            .map_err(|_| format!("line {n} is not an audit entry (a torn or edited line)"))?;
-        match value.get("prev").and_then(serde_json::Value::as_str) {
-            None if found.entries == 0 => found.unchained += 1,
-            None => return Err(format!("line {n} has no link, after chained lines")),
+        let whole = serde_json::from_slice::<serde_json::Value>(&line).is_ok();
+        match link_of(&line) {
+            None if whole && found.entries == 0 => found.unchained += 1,
+            None if whole => broken.push(format!("line {n} has no link, after chained lines")),
+            None => broken.push(format!("line {n} is not an audit entry")),
             Some(prev) => {
-                let want = expected.as_deref().unwrap_or(GENESIS);
-                if prev != want {
-                    return Err(format!(
-                        "line {n} does not follow the line before it: a line was edited, inserted or removed at or before line {n}{}",
-                        if chain.0.is_some() { "" } else { " (or the file was written with an audit key)" }
+                if prev != expected.as_deref().unwrap_or(GENESIS) {
+                    broken.push(format!(
+                        "line {n} does not follow the line before it (a line was edited, \
+                         inserted or removed at or before line {n}, or another key was used)"
                     ));
+                } else if !whole {
+                    found.cut.push(n);
                 }
                 found.entries += 1;
             }
         }
         expected = Some(chain.link(&line));
     }
-    Ok(found)
+    if found.entries == 0 && found.unchained > 0 {
+        broken.push("no line is chained: links were removed, or the log predates chaining".into());
+    }
+    if broken.is_empty() {
+        return Ok(found);
+    }
+    let more = broken.len().saturating_sub(MAX_NAMED);
+    broken.truncate(MAX_NAMED);
+    if more > 0 {
+        broken.push(format!("and {more} more"));
+    }
+    Err(broken.join("; "))
 }
 
 #[cfg(test)]
@@ -219,7 +266,8 @@ mod tests {
             verify(&path, &chain),
             Ok(Verified {
                 entries: 3,
-                unchained: 0
+                unchained: 0,
+                cut: Vec::new()
             })
         );
         let text = std::fs::read_to_string(&path).unwrap();
@@ -236,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn unchained_lines_may_only_come_first_and_torn_lines_are_named() {
+    fn unchained_lines_may_only_come_first_and_cut_lines_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let chain = Chain::new(None).unwrap();
@@ -246,18 +294,52 @@ mod tests {
             verify(&path, &chain),
             Ok(Verified {
                 entries: 2,
-                unchained: 1
+                unchained: 1,
+                cut: Vec::new()
             })
         );
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        f.write_all(b"{\"request_id\":\"to").unwrap();
-        drop(f);
-        write(&path, &chain, &["c"]);
+        // A crash cuts the last line short; the restarted server chains on.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() - 20]).unwrap();
+        write(&path, &chain, &["c", "d"]);
+        assert_eq!(
+            verify(&path, &chain),
+            Ok(Verified {
+                entries: 4,
+                unchained: 1,
+                cut: vec![3]
+            })
+        );
+        // Garbage in place of a line is no cut line: its link is gone.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let garbage = format!(
+            "{}\n{}\nxx\n{}\n{}\n",
+            lines[0], lines[1], lines[3], lines[4]
+        );
+        std::fs::write(&path, garbage).unwrap();
         let e = verify(&path, &chain).unwrap_err();
-        assert!(e.starts_with("line 4 is not an audit entry"), "{e}");
+        assert!(
+            e.starts_with("line 3 is not an audit entry; line 4 "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_log_whose_links_were_all_removed_does_not_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let chain = Chain::new(None).unwrap();
+        write(&path, &chain, &["a", "b"]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let stripped: String = text
+            .lines()
+            .map(|l| format!("{{{}\n", &l[l.find(',').unwrap() + 1..]))
+            .collect();
+        std::fs::write(&path, stripped).unwrap();
+        assert!(verify(&path, &chain)
+            .unwrap_err()
+            .contains("no line is chained"));
     }
 
     #[test]

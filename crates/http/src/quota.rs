@@ -39,19 +39,22 @@ impl KeyLimits {
 /// One line of a key file: the key, then optional `name=value` limits
 /// (`max_concurrent`, `requests_per_minute`). Errors never quote the key.
 pub fn parse_key_line(line: &str) -> Result<(String, KeyLimits), String> {
+    const NAMES: [&str; 2] = ["max_concurrent", "requests_per_minute"];
     let mut words = line.split_whitespace();
     let key = words.next().ok_or("no key")?.to_string();
+    if key.starts_with('=') || NAMES.iter().any(|n| key.starts_with(&format!("{n}="))) {
+        return Err("the line starts with a limit; the key comes first".into());
+    }
     let mut limits = KeyLimits::default();
     for word in words {
+        // Nothing of the line is quoted: a word could be a key.
         let (name, value) = word
             .split_once('=')
-            .ok_or_else(|| format!("expected name=value after the key, got {word:?}"))?;
+            .ok_or("after the key only limits may come (name=value); a key holds no blanks")?;
         let number = || -> Result<u64, String> {
             match value.parse::<u64>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(format!(
-                    "{name} must be a whole number above 0, got {value:?}"
-                )),
+                Ok(n) if n > 0 && value.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+                _ => Err(format!("{name} must be a whole number above 0")),
             }
         };
         match name {
@@ -59,9 +62,10 @@ pub fn parse_key_line(line: &str) -> Result<(String, KeyLimits), String> {
             "requests_per_minute" => {
                 limits.requests_per_minute = Some(number()?.min(u64::from(u32::MAX)) as u32)
             }
-            other => {
+            _ => {
                 return Err(format!(
-                    "unknown limit {other:?} (max_concurrent, requests_per_minute)"
+                    "unknown limit (the limits are {})",
+                    NAMES.join(", ")
                 ))
             }
         }
@@ -226,9 +230,14 @@ mod tests {
             "sk-secret max_concurrent=0",
             "sk-secret speed=3",
             "sk-secret 5",
+            "sk-secret sk-secret",
+            "max_concurrent=3 sk-secret",
+            "sk-secret sk=secret",
+            "=3",
+            "sk-secret max_concurrent=+3",
         ] {
             let e = parse_key_line(bad).unwrap_err();
-            assert!(!e.contains("sk-secret"), "{e}");
+            assert!(!e.contains("secret"), "{e}");
         }
     }
 
