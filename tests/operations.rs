@@ -286,6 +286,8 @@ fn per_key_limits_refuse_with_429_and_spare_other_keys() {
             Some(&body.to_string()),
         );
         let retry = resp.header("retry-after").map(String::from);
+        // A limited key's answers keep their length (the body is only wrapped).
+        assert!(status != 200 || resp.header("content-length").is_some());
         let body: Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
         (status, retry, body)
     };

@@ -14,7 +14,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -175,12 +174,39 @@ pub async fn limit_keys(State(state): State<Arc<AppState>>, req: Request, next: 
         Err(refusal) => return refused(refusal),
     };
     let resp = next.run(req).await;
-    let (parts, body) = resp.into_parts();
-    let stream = body.into_data_stream().map(move |chunk| {
-        let _held = &guard;
-        chunk
-    });
-    Response::from_parts(parts, Body::from_stream(stream))
+    resp.map(|inner| {
+        Body::new(Held {
+            inner,
+            _place: guard,
+        })
+    })
+}
+
+/// A response body that holds its generation's place until it is dropped (sent
+/// whole, or its client gone); frames, length and end pass through unchanged.
+struct Held {
+    inner: Body,
+    _place: InFlight,
+}
+
+impl http_body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn refused(refusal: Refusal) -> Response {
