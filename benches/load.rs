@@ -49,6 +49,7 @@ fn requests(n: usize, prompt_len: usize, new: usize, salt: usize) -> Vec<Generat
             max_new_tokens: new,
             arrival: Instant::now(),
             cache_salt: None,
+            priority: 0,
         })
         .collect()
 }

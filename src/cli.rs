@@ -173,8 +173,9 @@ pub struct ServeArgs {
     /// Allowed CORS origins (off unless set; `*` allows any).
     #[arg(long, env = "MEDGEMMA_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
-    /// A file of API keys, one per line, each optionally followed by its own limits
-    /// (`max_concurrent=N requests_per_minute=N`); blank lines and `#` comments ignored.
+    /// A file of API keys, one per line, each optionally followed by its own limits and
+    /// queue priority (`max_concurrent=N requests_per_minute=N priority=N`, lower first);
+    /// blank lines and `#` comments ignored.
     #[arg(long, env = "MEDGEMMA_API_KEY_FILE")]
     pub api_key_file: Option<std::path::PathBuf>,
     /// Generations one API key may have in flight (keys without their own limit).

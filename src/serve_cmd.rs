@@ -211,6 +211,7 @@ fn keys(args: &ServeArgs) -> Result<(Vec<String>, Vec<KeyLimits>)> {
     let defaults = KeyLimits {
         max_concurrent: args.key_max_concurrent.map(|n| n as usize),
         requests_per_minute: args.key_requests_per_minute,
+        priority: None,
     };
     let mut keys: Vec<(String, KeyLimits)> = args
         .api_keys
@@ -238,8 +239,9 @@ fn keys(args: &ServeArgs) -> Result<(Vec<String>, Vec<KeyLimits>)> {
     Ok(keys.into_iter().map(|(k, l)| (k, l.or(defaults))).unzip())
 }
 
-/// One key per line, optionally followed by its limits (`max_concurrent=N`,
-/// `requests_per_minute=N`); blank lines and `#` comments are ignored. Errors
+/// One key per line, optionally followed by its limits and priority
+/// (`max_concurrent=N`, `requests_per_minute=N`, `priority=N`); blank lines and
+/// `#` comments are ignored. Errors
 /// name the line, never the key.
 fn read_key_file(path: &std::path::Path) -> Result<Vec<(String, KeyLimits)>> {
     let text = std::fs::read_to_string(path)

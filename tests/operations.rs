@@ -334,6 +334,58 @@ fn per_key_limits_refuse_with_429_and_spare_other_keys() {
     assert!(metrics.contains("status=\"429\""), "{metrics}");
 }
 
+/// A key's priority orders the queue: with one place, busy, a later request of
+/// a lower-numbered key starts (and ends) before an earlier one of a higher.
+#[test]
+fn a_keys_priority_orders_the_waiting_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &keys,
+        "key-busy\nkey-late priority=5\nkey-urgent priority=-5\n",
+    )
+    .unwrap();
+    let server = Server::start(
+        "tiny-gemma3",
+        &[
+            "--api-key-file",
+            keys.to_str().unwrap(),
+            "--max-num-seqs",
+            "1",
+        ],
+    );
+    let base = server.url("");
+    let ask = move |key: &'static str, max_tokens: usize| {
+        let base = base.clone();
+        std::thread::spawn(move || {
+            let body = json!({"messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": max_tokens, "ignore_eos": true});
+            let r = ureq::post(&format!("{base}/v1/chat/completions"))
+                .set("authorization", &format!("Bearer {key}"))
+                .send_json(body)
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            Instant::now()
+        })
+    };
+    let busy = ask("key-busy", 1000);
+    std::thread::sleep(Duration::from_millis(150));
+    let late = ask("key-late", 2);
+    std::thread::sleep(Duration::from_millis(150));
+    let urgent = ask("key-urgent", 2);
+    let both_waiting = Instant::now();
+    let busy_done = busy.join().unwrap();
+    assert!(
+        busy_done > both_waiting,
+        "the busy request ended before the others came"
+    );
+    let (late_done, urgent_done) = (late.join().unwrap(), urgent.join().unwrap());
+    assert!(
+        urgent_done < late_done,
+        "the urgent key's request ended first"
+    );
+}
+
 #[test]
 fn a_bad_limit_in_the_key_file_stops_the_start_without_quoting_the_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -100,6 +100,7 @@ pub fn request(id: String, prompt: Prompt, max_tokens: usize, eos: &[u32]) -> Ge
         max_new_tokens: max_tokens,
         arrival: Instant::now(),
         cache_salt: None,
+        priority: 0,
     }
 }
 

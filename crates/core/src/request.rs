@@ -73,4 +73,7 @@ pub struct GenerateRequest {
     /// Mixed into the prefix-cache hashes: only requests with the same salt
     /// share cached blocks (and so can time each other's prompts).
     pub cache_salt: Option<String>,
+    /// Waiting requests start in order of priority, lower first (as vLLM's
+    /// `priority`), then of arrival; 0 by default.
+    pub priority: i32,
 }

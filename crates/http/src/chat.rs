@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -21,13 +21,19 @@ use crate::generation::{
     check_fan_out, sampling_params, submit, Piece, TextStream, TokenInfo, Totals,
 };
 use crate::prompt::{chat_prompt, max_new_tokens};
+use crate::quota::KeyPriority;
 use crate::sse::{chunk_event, failed_event, json_event, sse_response, ChoiceEvent};
 use crate::state::AppState;
 use crate::tools::parse_calls;
 use medgemma_preprocess::call_opening::{opening, Opening};
 
-pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = crate::state::prepare(&state, body, start).await;
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    priority: Option<Extension<KeyPriority>>,
+    body: Bytes,
+) -> Response {
+    let priority = priority.map_or(0, |p| p.0 .0);
+    let started = crate::state::prepare(&state, body, move |s, b| start(s, b, priority)).await;
     let resp = match started {
         Ok(run) if run.chat.stream => {
             let counts = TokenCounts {
@@ -65,7 +71,7 @@ struct Run {
     prompt_tokens: usize,
 }
 
-fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
+fn start(state: &AppState, body: &[u8], priority: i32) -> Result<Run, ApiError> {
     let req: ChatCompletionRequest = medgemma_protocol::parse_request(body)?;
     state.check_model(req.model.as_deref())?;
     let chat = req.validate()?;
@@ -83,7 +89,15 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
     let id = state.request_id("chatcmpl");
     let mut streams = Vec::with_capacity(chat.sampling.n);
     for p in params {
-        let events = submit(engine, &id, prompt.clone(), p, &chat.sampling, max_new)?;
+        let events = submit(
+            engine,
+            &id,
+            prompt.clone(),
+            p,
+            &chat.sampling,
+            max_new,
+            priority,
+        )?;
         streams.push(TextStream::new(
             events,
             engine.text.clone(),

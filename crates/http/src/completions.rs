@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -20,12 +20,18 @@ use crate::access::{with_counts, TokenCounts};
 use crate::error::ApiError;
 use crate::generation::{check_fan_out, sampling_params, submit, TextStream, TokenInfo, Totals};
 use crate::prompt::max_new_tokens;
+use crate::quota::KeyPriority;
 use crate::sse::{chunk_event, failed_event, json_event, sse_response};
 use crate::state::{AppState, Engine};
 use crate::text_offset::TextOffsets;
 
-pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = crate::state::prepare(&state, body, start).await;
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    priority: Option<Extension<KeyPriority>>,
+    body: Bytes,
+) -> Response {
+    let priority = priority.map_or(0, |p| p.0 .0);
+    let started = crate::state::prepare(&state, body, move |s, b| start(s, b, priority)).await;
     let resp = match started {
         Ok(run) if run.req.stream => {
             let counts = TokenCounts {
@@ -88,7 +94,7 @@ fn prompt_ids(p: &OnePrompt, engine: &Engine) -> Result<Vec<u32>, ApiError> {
     Ok(ids)
 }
 
-fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
+fn start(state: &AppState, body: &[u8], priority: i32) -> Result<Run, ApiError> {
     let req: CompletionRequest = medgemma_protocol::parse_request(body)?;
     state.check_model(req.model.as_deref())?;
     let req = req.validate()?;
@@ -122,7 +128,15 @@ fn start(state: &AppState, body: &[u8]) -> Result<Run, ApiError> {
                 token_ids: ids.clone(),
                 images: Vec::new(),
             };
-            let events = submit(engine, &id, prompt, params, &req.sampling, max_new)?;
+            let events = submit(
+                engine,
+                &id,
+                prompt,
+                params,
+                &req.sampling,
+                max_new,
+                priority,
+            )?;
             let stream = TextStream::new(events, engine.text.clone(), req.sampling.stop.clone());
             choices.push(Choice {
                 stream,

@@ -109,6 +109,7 @@ pub fn submit(
     sampling: SamplingParams,
     v: &ValidSampling,
     max_new_tokens: usize,
+    priority: i32,
 ) -> Result<EventStream, ApiError> {
     let req = GenerateRequest {
         id: id.to_string(),
@@ -122,6 +123,7 @@ pub fn submit(
         max_new_tokens,
         arrival: Instant::now(),
         cache_salt: v.cache_salt.clone(),
+        priority,
     };
     Ok(engine.scheduler.submit(req)?)
 }

@@ -1,7 +1,8 @@
 //! Per-key limits on generations (`/v1/chat/completions`, `/v1/completions`):
 //! how many one API key may have in flight (a stream counts until its last
 //! chunk is sent or the client goes), and how many it may start per minute (a
-//! token bucket holding a minute's worth). Past either, 429 with Retry-After and
+//! token bucket holding a minute's worth); and where its generations wait in
+//! the scheduler's queue (`priority`, lower first). Past either, 429 with Retry-After and
 //! code `rate_limit_exceeded`, which the OpenAI SDKs retry after waiting. One
 //! runaway script then cannot take the batch from every other client.
 
@@ -18,11 +19,13 @@ use axum::response::{IntoResponse, Response};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The limits of one key; `None`: unlimited.
+/// The limits of one key (`None`: unlimited), and the priority of its
+/// generations (lower first; `None`: 0).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KeyLimits {
     pub max_concurrent: Option<usize>,
     pub requests_per_minute: Option<u32>,
+    pub priority: Option<i32>,
 }
 
 impl KeyLimits {
@@ -31,14 +34,20 @@ impl KeyLimits {
         Self {
             max_concurrent: self.max_concurrent.or(defaults.max_concurrent),
             requests_per_minute: self.requests_per_minute.or(defaults.requests_per_minute),
+            priority: self.priority.or(defaults.priority),
         }
     }
 }
 
+/// The priority a request's key gives its generations (lower start first),
+/// put in the request's extensions for the handlers.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyPriority(pub i32);
+
 /// One line of a key file: the key, then optional `name=value` limits
 /// (`max_concurrent`, `requests_per_minute`). Errors never quote the key.
 pub fn parse_key_line(line: &str) -> Result<(String, KeyLimits), String> {
-    const NAMES: [&str; 2] = ["max_concurrent", "requests_per_minute"];
+    const NAMES: [&str; 3] = ["max_concurrent", "requests_per_minute", "priority"];
     let mut words = line.split_whitespace();
     let key = words.next().ok_or("no key")?.to_string();
     if key.starts_with('=') || NAMES.iter().any(|n| key.starts_with(&format!("{n}="))) {
@@ -57,6 +66,14 @@ pub fn parse_key_line(line: &str) -> Result<(String, KeyLimits), String> {
             }
         };
         match name {
+            "priority" => {
+                let digits = value.strip_prefix('-').unwrap_or(value);
+                let p = value
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|_| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()));
+                limits.priority = Some(p.ok_or("priority must be a whole number (lower first)")?);
+            }
             "max_concurrent" => limits.max_concurrent = Some(number()? as usize),
             "requests_per_minute" => {
                 limits.requests_per_minute = Some(number()?.min(u64::from(u32::MAX)) as u32)
@@ -159,7 +176,11 @@ const LIMITED: [&str; 2] = ["/v1/chat/completions", "/v1/completions"];
 
 /// The middleware: generations of a key with limits are admitted or refused;
 /// the place is held until the response body (a whole stream) is done.
-pub async fn limit_keys(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub async fn limit_keys(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if !LIMITED.contains(&req.uri().path()) {
         return next.run(req).await;
     }
@@ -173,6 +194,9 @@ pub async fn limit_keys(State(state): State<Arc<AppState>>, req: Request, next: 
         Ok(g) => g,
         Err(refusal) => return refused(refusal),
     };
+    if let Some(p) = quota.limits.priority {
+        req.extensions_mut().insert(KeyPriority(p));
+    }
     let resp = next.run(req).await;
     resp.map(|inner| {
         Body::new(Held {
@@ -239,12 +263,13 @@ mod tests {
     #[test]
     fn key_lines_parse_and_errors_never_quote_the_key() {
         assert_eq!(
-            parse_key_line("sk-abc max_concurrent=2 requests_per_minute=30"),
+            parse_key_line("sk-abc max_concurrent=2 requests_per_minute=30 priority=-5"),
             Ok((
                 "sk-abc".into(),
                 KeyLimits {
                     max_concurrent: Some(2),
-                    requests_per_minute: Some(30)
+                    requests_per_minute: Some(30),
+                    priority: Some(-5)
                 }
             ))
         );
@@ -261,6 +286,9 @@ mod tests {
             "sk-secret sk=secret",
             "=3",
             "sk-secret max_concurrent=+3",
+            "sk-secret priority=high",
+            "sk-secret priority=-",
+            "priority=1 sk-secret",
         ] {
             let e = parse_key_line(bad).unwrap_err();
             assert!(!e.contains("secret"), "{e}");
@@ -271,7 +299,7 @@ mod tests {
     fn concurrency_is_held_until_the_guard_drops() {
         let q = KeyQuota::new(KeyLimits {
             max_concurrent: Some(2),
-            requests_per_minute: None,
+            ..KeyLimits::default()
         });
         let now = Instant::now();
         let a = q.admit(now).ok().unwrap();
@@ -284,8 +312,8 @@ mod tests {
     #[test]
     fn the_bucket_refills_at_the_rate() {
         let q = KeyQuota::new(KeyLimits {
-            max_concurrent: None,
             requests_per_minute: Some(2),
+            ..KeyLimits::default()
         });
         let t0 = Instant::now();
         assert!(q.admit(t0).is_ok() && q.admit(t0).is_ok());

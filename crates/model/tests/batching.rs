@@ -121,6 +121,7 @@ fn run_batched(
                 max_new_tokens: c.max_new,
                 arrival: Instant::now(),
                 cache_salt: None,
+                priority: 0,
             })
             .unwrap()
         })

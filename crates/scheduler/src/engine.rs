@@ -80,7 +80,13 @@ impl<E: Executor> Engine<E> {
         match msg {
             Incoming::Request { id, req, tx } => {
                 let seq = Sequence::new(id, *req, tx, self.block_size);
-                self.waiting.push_back(seq)
+                // After every waiting request of the same or a higher priority.
+                let at = self
+                    .waiting
+                    .iter()
+                    .position(|w| w.req.priority > seq.req.priority)
+                    .unwrap_or(self.waiting.len());
+                self.waiting.insert(at, seq)
             }
             Incoming::Shutdown => self.stopping = true,
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use common::{collect, config, request, Fake};
-use medgemma_core::{FinishReason, SeqId, StepBatch};
+use medgemma_core::{FinishReason, GenerateRequest, SeqId, StepBatch};
 use medgemma_scheduler::{SchedulerConfig, SchedulerHandle, SchedulerStats, SubmitError};
 
 #[test]
@@ -236,6 +236,58 @@ fn waiting_requests_start_in_arrival_order() {
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(ids, sorted, "first scheduled in submission order");
+}
+
+/// Waiting requests start by priority (lower first), then by arrival.
+#[test]
+fn waiting_requests_start_by_priority_then_arrival() {
+    let mut fake = Fake::default();
+    fake.layout.max_seq_len = 40_000;
+    let f = fake.clone();
+    let h = SchedulerHandle::spawn(
+        SchedulerConfig {
+            max_num_seqs: 1,
+            max_model_len: 40_000,
+            ..config(64)
+        },
+        move || f,
+    );
+    // The only place is taken while the others arrive.
+    let mut blocker = h.submit(request(vec![1], 30_000, vec![])).unwrap();
+    blocker.blocking_next();
+    const BASE: u32 = 1_000_000;
+    let priorities = [0, 5, -3, 0, -3, 2];
+    let streams: Vec<_> = priorities
+        .iter()
+        .enumerate()
+        .map(|(i, &priority)| {
+            h.submit(GenerateRequest {
+                priority,
+                ..request(vec![BASE + 10 * i as u32], 2, vec![])
+            })
+            .unwrap()
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(blocker);
+    for s in streams {
+        collect(s);
+    }
+    h.shutdown();
+    let log = fake.log.lock().unwrap();
+    let mut first: Vec<u32> = Vec::new();
+    for batch in log.iter() {
+        for s in &batch.seqs {
+            // Prompts are BASE, BASE + 10, ...; what they generate is never a
+            // multiple of 10, and the blocker's tokens stay far below.
+            let t = s.tokens[0];
+            if (BASE..BASE + 60).contains(&t) && t % 10 == 0 && !first.contains(&t) {
+                first.push(t - BASE);
+            }
+        }
+    }
+    // Priorities -3 (3rd, 5th), 0 (1st, 4th), 2 (6th), 5 (2nd).
+    assert_eq!(first, vec![20, 40, 0, 30, 50, 10]);
 }
 
 #[test]

@@ -189,6 +189,7 @@ pub fn request(prompt: Vec<u32>, max_new: usize, stop: Vec<u32>) -> GenerateRequ
         max_new_tokens: max_new,
         arrival: Instant::now(),
         cache_salt: None,
+        priority: 0,
     }
 }
 
