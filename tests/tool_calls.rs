@@ -116,11 +116,20 @@ fn auto_is_text_or_valid_calls_and_streams_alike() {
     let mut calls = Vec::new();
     let mut text = String::new();
     let mut finish = Value::Null;
-    for line in server.stream("/v1/chat/completions", &sbody) {
-        let Ok(chunk) = serde_json::from_str::<Value>(&line) else {
+    for (i, line) in server
+        .stream("/v1/chat/completions", &sbody)
+        .iter()
+        .enumerate()
+    {
+        let Ok(chunk) = serde_json::from_str::<Value>(line) else {
             continue;
         };
         let choice = &chunk["choices"][0];
+        if i == 0 {
+            // As OpenAI sends it: the role, and content null (not left out).
+            let delta = choice["delta"].as_object().unwrap();
+            assert!(delta.get("content") == Some(&Value::Null), "{chunk}");
+        }
         text.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
         if let Some(list) = choice["delta"]["tool_calls"].as_array() {
             // The finish reason comes in a chunk of its own, after the calls.

@@ -281,7 +281,7 @@ impl ChoiceStream {
             // An answer that may be tool calls starts with no content (null).
             let delta = Delta {
                 role: Some("assistant"),
-                content: self.tools.is_none().then(String::new),
+                content: Some(self.tools.is_none().then(String::new)),
                 tool_calls: Vec::new(),
             };
             return Some((chunk_event(&self.chunk(delta, None, None)), self));
@@ -328,7 +328,7 @@ impl ChoiceStream {
                 }
                 continue;
             }
-            let content = (!piece.text.is_empty()).then_some(piece.text);
+            let content = (!piece.text.is_empty()).then_some(Some(piece.text));
             let chunk = self.chunk(
                 Delta {
                     role: None,
@@ -354,7 +354,7 @@ impl ChoiceStream {
                 let calls = m.tool_calls.into_iter().enumerate();
                 let delta = Delta {
                     role: None,
-                    content: m.content.filter(|c| !c.is_empty()),
+                    content: m.content.filter(|c| !c.is_empty()).map(Some),
                     tool_calls: calls
                         .map(|(k, c)| ToolCall {
                             index: Some(k),
@@ -371,7 +371,7 @@ impl ChoiceStream {
             None => (
                 Delta {
                     role: None,
-                    content: (!text.is_empty()).then_some(text),
+                    content: (!text.is_empty()).then_some(Some(text)),
                     tool_calls: Vec::new(),
                 },
                 None,

@@ -42,11 +42,22 @@ pub fn from_value<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ProtocolError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        let inner = e.into_inner().to_string();
+        // A missing field is named as the param (`messages`, `messages[0].role`).
+        let missing = inner
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next());
         if path == "." {
-            ProtocolError::invalid(format!("invalid request: {inner}"), None)
+            ProtocolError::invalid(
+                format!("invalid request: {inner}"),
+                missing.map(String::from),
+            )
         } else {
-            ProtocolError::invalid(format!("invalid value for '{path}': {inner}"), Some(path))
+            let param = match missing {
+                Some(field) => format!("{path}.{field}"),
+                None => path.clone(),
+            };
+            ProtocolError::invalid(format!("invalid value for '{path}': {inner}"), Some(param))
         }
     })
 }
@@ -82,4 +93,24 @@ pub fn parse_request<T: WithSampling>(body: &[u8]) -> Result<T, ProtocolError> {
     let mut req: T = from_value(&value)?;
     req.set_sampling(from_value(&value)?);
     Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A missing field is named as the param, at the top level and inside.
+    #[test]
+    fn missing_fields_are_named() {
+        let e = parse_request::<ChatCompletionRequest>(br#"{"model": "m"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages"), "{}", e.message);
+        let e = parse_request::<ChatCompletionRequest>(br#"{"messages": [{"content": "x"}]}"#)
+            .unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[0].role"),
+            "{}",
+            e.message
+        );
+    }
 }
