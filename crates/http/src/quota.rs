@@ -1,10 +1,11 @@
 //! Per-key limits on generations (`/v1/chat/completions`, `/v1/completions`):
 //! how many one API key may have in flight (a stream counts until its last
 //! chunk is sent or the client goes), and how many it may start per minute (a
-//! token bucket holding a minute's worth); and where its generations wait in
-//! the scheduler's queue (`priority`, lower first). Past either, 429 with Retry-After and
-//! code `rate_limit_exceeded`, which the OpenAI SDKs retry after waiting. One
-//! runaway script then cannot take the batch from every other client.
+//! token bucket holding a minute's worth). Past either, 429 with Retry-After
+//! and code `rate_limit_exceeded`, which the OpenAI SDKs retry after waiting.
+//! One runaway script then cannot take the batch from every other client. A
+//! key may also set where its generations wait in the scheduler's queue
+//! (`priority`, lower first).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,8 +45,9 @@ impl KeyLimits {
 #[derive(Debug, Clone, Copy)]
 pub struct KeyPriority(pub i32);
 
-/// One line of a key file: the key, then optional `name=value` limits
-/// (`max_concurrent`, `requests_per_minute`). Errors never quote the key.
+/// One line of a key file: the key, then optional `name=value` settings
+/// (`max_concurrent`, `requests_per_minute`, `priority`). Errors quote nothing
+/// of the line.
 pub fn parse_key_line(line: &str) -> Result<(String, KeyLimits), String> {
     const NAMES: [&str; 3] = ["max_concurrent", "requests_per_minute", "priority"];
     let mut words = line.split_whitespace();
