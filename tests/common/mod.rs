@@ -214,3 +214,26 @@ pub fn image_messages(p: &Value) -> Value {
     }
     msgs
 }
+
+/// A request with these headers; the status and the response, also for errors.
+pub fn status_with(
+    server: &Server,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, ureq::Response) {
+    let mut req = ureq::request(method, &server.url(path));
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let r = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    match r {
+        Ok(resp) => (resp.status(), resp),
+        Err(ureq::Error::Status(code, resp)) => (code, resp),
+        Err(e) => panic!("{e}"),
+    }
+}
