@@ -10,6 +10,9 @@ const KERNELS: &[&str] = &[
     "add_rmsnorm",
     "qk_norm_rope_write",
     "gelu_mul",
+    "gemv",
+    "argmax",
+    "softmax",
 ];
 
 fn main() {

@@ -2,15 +2,16 @@
 //! inputs of MedGemma's shapes: decode attention over the paged pool (GQA,
 //! sequences of different lengths scattered over the pool's slots), the
 //! residual add fused with the RMSNorms around it, the q/k norms fused with RoPE
-//! and the KV write, and the MLP's gelu fused with its product (the decoder runs
-//! those last two comparisons itself at load, on the model's shapes, before it
-//! uses the kernels).
+//! and the KV write, the MLP's gelu fused with its product, the decode-step
+//! matrix-vector product, the greedy argmax and the vision tower's softmax (the
+//! model runs those last five comparisons itself at load, before it uses the
+//! kernels).
 
 use anyhow::Result;
 use medgemma_model::ops::{fused_tolerance, max_relative_error as rel_err};
 use medgemma_model::paged_decode::{paged_decode, reference};
 use medgemma_model::qk_rope_write;
-use medgemma_model::{add_norm, gelu_mul};
+use medgemma_model::{add_norm, argmax, gelu_mul, gemv, softmax};
 use medgemma_model::{DType, Device};
 
 use medgemma_model::Tensor;
@@ -57,7 +58,30 @@ pub fn check(device: &Device) -> Result<bool> {
             let what = format!("gelu(gate) * up intermediate {inter}");
             ok &= report(&what, dtype, err, fused_tolerance(dtype));
         }
+        // (in, out): MedGemma 4B's q and down projections, 27B's q.
+        for (k, n) in [(2560, 2048), (10240, 2560), (5376, 8192)] {
+            let err = gemv::self_test(device, dtype, k, n)?;
+            let what = format!("decode gemv [1..8 x {k}] x [{n} x {k}], splits 1..8");
+            ok &= report(&what, dtype, err, fused_tolerance(dtype));
+        }
+        // SigLIP's scores at 896 px (4096 patches), and a short row.
+        for n in [4096, 64] {
+            let err = softmax::self_test(device, dtype, n)?;
+            ok &= report(
+                &format!("softmax rows of {n}"),
+                dtype,
+                err,
+                fused_tolerance(dtype),
+            );
+        }
     }
+    let wrong = argmax::self_test(device, 262_208)?;
+    ok &= report(
+        "greedy argmax, rows of 262208 and 262209 (ties, NaN, -inf): rows wrong",
+        DType::F32,
+        wrong as f64,
+        0.0,
+    );
     Ok(ok)
 }
 

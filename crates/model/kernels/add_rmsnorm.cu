@@ -3,12 +3,15 @@
 //   h' = h + y                          (the residual stream, written out)
 //   z  = rmsnorm(h') * w_next           (the next sublayer's pre-norm, written out)
 // with w_* = 1 + weight in f32, sums in f32, and y, h', z rounded to the activation
-// dtype where the unfused path rounds them. One block per row.
+// dtype where the unfused path rounds them.
 //
 // x, h: [rows, cols]; w_post, w_next: [cols] f32; out: [2, rows, cols] (h', then z).
+// One block per row, of at least cols / PER threads (at most 1024: cols up to 8192).
 #include <stdint.h>
 
 #include "convert.cuh"
+
+#define PER 8
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024).
 __device__ float block_sum(float v) {
@@ -28,6 +31,8 @@ __device__ float block_sum(float v) {
   return total;
 }
 
+// Each thread keeps its PER columns (c = threadIdx.x + j * blockDim.x) in registers
+// across the three steps: x, h and the weights are read once, h' and z written once.
 template <typename T>
 __device__ void add_rmsnorm(const T *x, const T *h, const float *w_post, const float *w_next,
                             T *out, int rows, int cols, float eps) {
@@ -36,23 +41,39 @@ __device__ void add_rmsnorm(const T *x, const T *h, const float *w_post, const f
   const T *hr = h + row * cols;
   T *h_out = out + row * cols;
   T *z_out = out + (size_t)rows * cols + row * cols;
-  float sq = 0.f;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    const float v = to_f(xr[c]);
-    sq += v * v;
+  // Every load up front, so that they wait on memory once, together.
+  float xs[PER], hs[PER], wp[PER], wn[PER];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int c = threadIdx.x + j * blockDim.x;
+    const bool in = c < cols;
+    xs[j] = in ? to_f(xr[c]) : 0.f;
+    hs[j] = in ? to_f(hr[c]) : 0.f;
+    wp[j] = in ? w_post[c] : 0.f;
+    wn[j] = in ? w_next[c] : 0.f;
   }
+  float sq = 0.f;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) sq += xs[j] * xs[j];
   const float scale_x = rsqrtf(block_sum(sq) / cols + eps);
   float sq_h = 0.f;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    const float y = to_f(from_f<T>(to_f(xr[c]) * scale_x * w_post[c]));
-    const T hn = from_f<T>(to_f(hr[c]) + y);
-    h_out[c] = hn;
-    const float v = to_f(hn);
-    sq_h += v * v;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int c = threadIdx.x + j * blockDim.x;
+    if (c < cols) {
+      const float y = to_f(from_f<T>(xs[j] * scale_x * wp[j]));
+      const T hn = from_f<T>(hs[j] + y);
+      h_out[c] = hn;
+      hs[j] = to_f(hn);
+      sq_h += hs[j] * hs[j];
+    }
   }
   const float scale_h = rsqrtf(block_sum(sq_h) / cols + eps);
-  for (int c = threadIdx.x; c < cols; c += blockDim.x)
-    z_out[c] = from_f<T>(to_f(h_out[c]) * scale_h * w_next[c]);
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int c = threadIdx.x + j * blockDim.x;
+    if (c < cols) z_out[c] = from_f<T>(hs[j] * scale_h * wn[j]);
+  }
 }
 
 #define ADD_RMSNORM(T, NAME)                                                              \

@@ -5,6 +5,9 @@
 
 use candle_core::{Result, Tensor};
 
+/// Widest row the kernel takes (1024 threads of eight columns).
+pub const MAX_COLS: usize = 8192;
+
 /// `x`, `h`: `[rows, cols]`; `w_post`, `w_next`: `1 + weight` in f32 `[cols]`.
 /// Returns `(h + rmsnorm(x) * w_post, rmsnorm(that) * w_next)`.
 pub fn add_rmsnorm(
@@ -61,7 +64,6 @@ mod cuda {
     use crate::paged_decode::cuda_view;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/add_rmsnorm.ptx"));
-    const THREADS: u32 = 256;
 
     pub struct AddRmsNorm {
         pub w_post: Tensor,
@@ -92,9 +94,17 @@ mod cuda {
             let (xs, hs) = (cuda_view::<T>(x)?, cuda_view::<T>(h)?);
             let out = unsafe { dev.alloc::<T>(2 * rows * cols)? };
             let func = dev.get_or_load_custom_func(name, "medgemma_add_rmsnorm", PTX)?;
+            if cols > super::MAX_COLS {
+                candle_core::bail!(
+                    "fused RMSNorm: {cols} columns (at most {})",
+                    super::MAX_COLS
+                );
+            }
+            // Eight columns a thread (the kernel's PER), in whole warps.
+            let threads = (cols.div_ceil(8).div_ceil(32) * 32).max(32) as u32;
             let cfg = LaunchConfig {
                 grid_dim: (rows as u32, 1, 1),
-                block_dim: (THREADS, 1, 1),
+                block_dim: (threads, 1, 1),
                 shared_mem_bytes: 0,
             };
             let (r, c) = (rows as i32, cols as i32);

@@ -53,6 +53,16 @@ impl Attention {
         })
     }
 
+    /// The q, k, v and o projections.
+    pub fn linears_mut(&mut self) -> [&mut Linear; 4] {
+        [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+        ]
+    }
+
     /// `x`: `[tokens, hidden]` of every sequence in `batch`; the new keys and values
     /// go into `kv` at the step's slots before any sequence reads.
     pub fn forward(

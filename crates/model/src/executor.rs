@@ -44,6 +44,8 @@ pub struct CandleExecutor {
     graphs: DecodeGraphs,
     encoder: EncoderCache,
     encoded: u64,
+    /// Greedy rows picked by the argmax kernel (it passed its self-test).
+    argmax_kernel: bool,
 }
 
 impl CandleExecutor {
@@ -67,6 +69,7 @@ impl CandleExecutor {
             "KV cache allocated"
         );
         let graphs = DecodeGraphs::new(DecodeReplay::Off, model.text.device(), kv.max_num_seqs);
+        let argmax_kernel = crate::argmax::usable(model.text.device(), cfg.vocab_size);
         Ok(Self {
             model,
             pool,
@@ -78,6 +81,7 @@ impl CandleExecutor {
                 usize::try_from(kv.encoder_cache_bytes).unwrap_or(usize::MAX),
             ),
             encoded: 0,
+            argmax_kernel,
         })
     }
 
@@ -278,10 +282,7 @@ impl CandleExecutor {
             })
             .collect();
         let argmax: Vec<u32> = if plain.iter().any(|&p| p) {
-            logits
-                .argmax(candle_core::D::Minus1)
-                .and_then(|t| t.to_vec1())
-                .map_err(err)?
+            crate::argmax::argmax_rows(logits, self.argmax_kernel).map_err(err)?
         } else {
             Vec::new()
         };

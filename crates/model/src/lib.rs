@@ -5,6 +5,7 @@
 //! checked against its outputs on the tiny checkpoints under tests/fixtures.
 
 pub mod add_norm;
+pub mod argmax;
 pub mod attention;
 pub mod batch;
 pub mod config;
@@ -17,6 +18,8 @@ pub mod encoder_cache;
 pub mod error;
 pub mod executor;
 pub mod gelu_mul;
+pub mod gemv;
+pub mod gemv_plan;
 pub mod generate;
 pub mod hub;
 pub mod image_plan;
@@ -34,6 +37,7 @@ pub mod projector;
 pub mod qk_rope_write;
 pub mod rope;
 pub mod sampling;
+pub mod softmax;
 pub mod stages;
 pub mod synthetic;
 pub mod text;

@@ -32,6 +32,11 @@ impl Mlp {
             fused,
         })
     }
+
+    /// The stacked gate/up and the down projections.
+    pub fn linears_mut(&mut self) -> [&mut Linear; 2] {
+        [&mut self.gate_up, &mut self.down]
+    }
 }
 
 impl Module for Mlp {

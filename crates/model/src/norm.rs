@@ -37,7 +37,8 @@ impl GemmaRmsNorm {
         h: &Tensor,
         next: &GemmaRmsNorm,
     ) -> Result<(Tensor, Tensor)> {
-        if x.device().is_cuda() && self.eps == next.eps {
+        let narrow = x.dim(candle_core::D::Minus1)? <= crate::add_norm::MAX_COLS;
+        if x.device().is_cuda() && self.eps == next.eps && narrow {
             return crate::add_norm::add_rmsnorm(x, h, &self.scale, &next.scale, self.eps);
         }
         let h = (h + self.forward(x)?)?;

@@ -33,6 +33,18 @@ pub fn fused_tolerance(dtype: DType) -> f64 {
     }
 }
 
+/// Whether a kernel may run on `device` in `dtype`: the device is CUDA and `test`
+/// (the kernel's worst relative error against its reference) is within
+/// `fused_tolerance`. `test` runs only on CUDA devices.
+pub fn kernel_usable(
+    kernel: &str,
+    device: &candle_core::Device,
+    dtype: DType,
+    test: impl FnOnce() -> Result<f64>,
+) -> bool {
+    device.is_cuda() && self_test_passes(kernel, test(), fused_tolerance(dtype))
+}
+
 /// Whether a fused kernel's self-test on the device passed; says which way it
 /// went, since a kernel that fails leaves the model on the slower unfused ops.
 pub fn self_test_passes(kernel: &str, result: Result<f64>, tolerance: f64) -> bool {

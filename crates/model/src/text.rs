@@ -8,6 +8,7 @@ use crate::attention::Attention;
 use crate::batch::ForwardBatch;
 use crate::config::{LayerType, TextConfig};
 use crate::kv::{KvPool, StepKv};
+use crate::linear::Linear;
 use crate::mlp::Mlp;
 use crate::norm::GemmaRmsNorm;
 use crate::rope::{Rope, RopeTables};
@@ -17,6 +18,7 @@ use crate::rope::{Rope, RopeTables};
 struct Fused {
     qk: bool,
     gelu_mul: bool,
+    gemv: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +44,13 @@ impl DecoderLayer {
             post_feedforward_layernorm: norm("post_feedforward_layernorm")?,
             layer_type,
         })
+    }
+
+    /// The layer's six projections (q, k, v, o, gate/up, down).
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut out: Vec<&mut Linear> = self.attn.linears_mut().into();
+        out.extend(self.mlp.linears_mut());
+        out
     }
 
     /// `h`: the residual stream; `normed`: this layer's input norm of it. Returns
@@ -96,7 +105,7 @@ pub struct TextModel {
     embed_scale: Tensor,
     layers: Vec<DecoderLayer>,
     norm: GemmaRmsNorm,
-    lm_head: Tensor,
+    lm_head: Linear,
     rope_full: Rope,
     rope_sliding: Rope,
     cfg: TextConfig,
@@ -113,19 +122,24 @@ impl TextModel {
         let fused = Fused {
             qk: crate::qk_rope_write::usable(cfg, vb.dtype(), vb.device()),
             gelu_mul: crate::gelu_mul::usable(cfg.intermediate_size, vb.dtype(), vb.device()),
+            gemv: crate::gemv::usable(vb.dtype(), vb.device()),
         };
-        let layers = cfg
+        let mut layers = cfg
             .layer_types
             .iter()
             .enumerate()
             .map(|(i, &t)| DecoderLayer::new(cfg, t, vb.pp("layers").pp(i), fused))
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = match lm_head_vb {
+        let mut lm_head = Linear::new(match lm_head_vb {
             Some(vb) if !cfg.tie_word_embeddings => {
                 vb.get((cfg.vocab_size, cfg.hidden_size), "weight")?
             }
             _ => embed_tokens.embeddings().clone(),
-        };
+        });
+        if fused.gemv {
+            let linears = layers.iter_mut().flat_map(DecoderLayer::linears_mut);
+            crate::gemv_plan::apply(linears.chain([&mut lm_head]))?;
+        }
         let embed_scale =
             Tensor::new(&[(cfg.hidden_size as f32).sqrt()], vb.device())?.to_dtype(vb.dtype())?;
         Ok(Self {
@@ -293,7 +307,7 @@ impl TextModel {
         } else {
             normed.index_select(&Tensor::new(rows.as_slice(), &self.device)?, 0)?
         };
-        let mut logits = crate::linear::matmul_wt(&last, &self.lm_head)?;
+        let mut logits = self.lm_head.forward(&last)?;
         if let Some(cap) = self.cfg.final_logit_softcapping {
             logits = ((logits / cap)?.tanh()? * cap)?;
         }

@@ -76,10 +76,12 @@ struct SelfAttention {
     out_proj: Linear,
     heads: usize,
     scale: f64,
+    /// Softmax of the scores as the `softmax` CUDA kernel (it passed its self-test).
+    fast_softmax: bool,
 }
 
 impl SelfAttention {
-    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, fast_softmax: bool) -> Result<Self> {
         let h = cfg.hidden_size;
         if cfg.num_attention_heads == 0 || !h.is_multiple_of(cfg.num_attention_heads) {
             candle_core::bail!("vision hidden_size {h} is not divisible by its attention heads");
@@ -92,6 +94,7 @@ impl SelfAttention {
             out_proj: linear(h, h, vb.pp("out_proj"))?,
             heads: cfg.num_attention_heads,
             scale: (head_dim as f64).powf(-0.5),
+            fast_softmax,
         })
     }
 
@@ -111,7 +114,11 @@ impl SelfAttention {
         let k = split(self.k_proj.forward(x)?)?;
         let v = split(self.v_proj.forward(x)?)?;
         let scores = q.matmul(&k.t()?)?;
-        let probs = crate::ops::softmax_in_f32(&scores)?;
+        let probs = if self.fast_softmax && crate::softmax::serves(&scores) {
+            crate::softmax::softmax(&scores)?
+        } else {
+            crate::ops::softmax_in_f32(&scores)?
+        };
         let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, p, h))?;
         self.out_proj.forward(&o)
     }
@@ -128,11 +135,11 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(cfg: &VisionConfig, act: Act, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VisionConfig, act: Act, vb: VarBuilder, fast_softmax: bool) -> Result<Self> {
         let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         Ok(Self {
             layer_norm1: LayerNormF32::new(h, eps, vb.pp("layer_norm1"))?,
-            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"))?,
+            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"), fast_softmax)?,
             layer_norm2: LayerNormF32::new(h, eps, vb.pp("layer_norm2"))?,
             fc1: linear(h, i, vb.pp("mlp").pp("fc1"))?,
             fc2: linear(i, h, vb.pp("mlp").pp("fc2"))?,
@@ -204,11 +211,13 @@ impl VisionTower {
         let act = Act::parse(&cfg.hidden_act)?;
         let emb = vb.pp("embeddings");
         let patch_embedding = PatchEmbedding::new(cfg, emb.pp("patch_embedding"))?;
+        let patches = Self::patches_of(cfg);
         let position_embedding = emb
             .pp("position_embedding")
-            .get((Self::patches_of(cfg), cfg.hidden_size), "weight")?;
+            .get((patches, cfg.hidden_size), "weight")?;
+        let fast_softmax = crate::softmax::usable(vb.dtype(), vb.device(), patches);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::new(cfg, act, vb.pp("encoder").pp("layers").pp(i)))
+            .map(|i| EncoderLayer::new(cfg, act, vb.pp("encoder").pp("layers").pp(i), fast_softmax))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             patch_embedding,
