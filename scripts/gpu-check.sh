@@ -7,21 +7,28 @@
 #   2. `bench`: synthetic MedGemma 4B (real shapes, random weights) in bf16 at
 #      concurrency 1, 8 and 64, plus the time to first token of a one-image request
 #      (decode steps replayed from CUDA graphs, as the server runs);
-#   3. the same at concurrency 1 and 64 with `--enforce-eager`, for the graphs' gain.
+#   3. the same at concurrency 1 and 64 with `--enforce-eager`, for the graphs' gain;
+#   4. the same-run baseline: transformers' `generate` on the same shapes
+#      (tools/bench/transformers_baseline.py; skipped where python3 has no
+#      transformers);
+#   5. synthetic MedGemma 27B at concurrency 1, 8 and 64 with the image request.
 # Usage: [OUT_DIR=dir] bash scripts/gpu-check.sh [path/to/medgemma-server]
 #   (default binary: target-gpu/release/medgemma-server under the project).
-# Writes check.txt, bench-4b.{txt,json} and bench-4b-eager.{txt,json} to $OUT_DIR
-# (default ./gpu-check-out).
-# Each command runs under `timeout` (CHECK_TIMEOUT, BENCH_TIMEOUT, EAGER_TIMEOUT
-# seconds), so the whole script ends within about 9 minutes. Exit status: the check's when it failed
-# (124: timed out), else the benchmark's.
+# Writes check.txt, bench-4b.{txt,json}, bench-4b-eager.txt, transformers-4b.{txt,json}
+# and bench-27b.{txt,json} to $OUT_DIR (default ./gpu-check-out): eight files.
+# Each command runs under `timeout` (CHECK_TIMEOUT, BENCH_TIMEOUT, EAGER_TIMEOUT,
+# BASELINE_TIMEOUT, BENCH27_TIMEOUT seconds), so the whole script ends within 9
+# minutes (about 3 on an H200). Exit status: the check's when it failed (124: timed
+# out), else the 4B benchmark's.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${1:-$ROOT/target-gpu/release/medgemma-server}"
 OUT_DIR="${OUT_DIR:-./gpu-check-out}"
 CHECK_TIMEOUT="${CHECK_TIMEOUT:-120}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-300}"
-EAGER_TIMEOUT="${EAGER_TIMEOUT:-120}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}"
+EAGER_TIMEOUT="${EAGER_TIMEOUT:-60}"
+BASELINE_TIMEOUT="${BASELINE_TIMEOUT:-90}"
+BENCH27_TIMEOUT="${BENCH27_TIMEOUT:-90}"
 # Fused kernels' self-tests and decode graph captures say what is in use.
 export MEDGEMMA_LOG="${MEDGEMMA_LOG:-info,medgemma_model::decode_graph=debug}"
 RUN="$ROOT/scripts/run-on-device.sh"
@@ -41,7 +48,22 @@ bench_rc=${PIPESTATUS[0]}
 echo "== bench, eager (at most ${EAGER_TIMEOUT}s)"
 timeout --kill-after=10 "$EAGER_TIMEOUT" bash "$RUN" "$BIN" \
   bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,64 \
-  --enforce-eager --json "$OUT_DIR/bench-4b-eager.json" 2>&1 | tee "$OUT_DIR/bench-4b-eager.txt"
+  --enforce-eager 2>&1 | tee "$OUT_DIR/bench-4b-eager.txt"
+
+echo "== transformers baseline (at most ${BASELINE_TIMEOUT}s)"
+if python3 -c "import torch, transformers" 2>/dev/null; then
+  PYTHONUNBUFFERED=1 timeout --kill-after=10 "$BASELINE_TIMEOUT" python3 \
+    "$ROOT/tools/bench/transformers_baseline.py" "$ROOT/crates/model/presets/medgemma-4b.json" \
+    --device cuda --dtype bf16 --concurrency 1,64 --json "$OUT_DIR/transformers-4b.json" \
+    2>&1 | tee "$OUT_DIR/transformers-4b.txt"
+else
+  echo "skipped: python3 has no torch and transformers" | tee "$OUT_DIR/transformers-4b.txt"
+fi
+
+echo "== bench 27B (at most ${BENCH27_TIMEOUT}s)"
+timeout --kill-after=10 "$BENCH27_TIMEOUT" bash "$RUN" "$BIN" \
+  bench --synthetic medgemma-27b --device cuda:0 --dtype bf16 --concurrency 1,8,64 \
+  --images 1 --json "$OUT_DIR/bench-27b.json" 2>&1 | tee "$OUT_DIR/bench-27b.txt"
 
 echo "== check exit $check_rc, bench exit $bench_rc; results in $OUT_DIR"
 if [ "$check_rc" -ne 0 ]; then
