@@ -239,3 +239,48 @@ fn the_audit_log_is_a_chain_that_shows_edits() {
     let (ok, text) = audit_verify(&audit, &key);
     assert!(!ok && text.contains("at least 16 bytes"), "{text}");
 }
+
+/// The first audit entry of a 200 response to `route`, waited for (a stream's
+/// entry is written when its body ends).
+fn audit_entry(audit: &std::path::Path, route: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(audit).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["route"] == route && l["status"] == 200);
+        if let Some(entry) = found {
+            return entry;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no entry: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Streams are logged at their end, with the completion tokens the stream's own
+/// usage reports, for chat and completions alike.
+#[test]
+fn a_streams_audit_entry_counts_its_completion_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let server = Server::start("tiny-gemma3", &["--audit-log", audit.to_str().unwrap()]);
+    let usage = json!({"include_usage": true});
+    let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5,
+                      "n": 2, "ignore_eos": true, "stream": true, "stream_options": usage});
+    let text = json!({"prompt": "Hello", "max_tokens": 4, "ignore_eos": true,
+                      "stream": true, "stream_options": usage});
+    for (route, body, want) in [
+        ("/v1/chat/completions", chat, 10),
+        ("/v1/completions", text, 4),
+    ] {
+        let events = server.stream(route, &body);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        let reported = &last["usage"];
+        assert_eq!(reported["completion_tokens"], want, "{last}");
+        let entry = audit_entry(&audit, route);
+        assert_eq!(entry["completion_tokens"], want, "{entry}");
+        assert_eq!(entry["prompt_tokens"], reported["prompt_tokens"], "{entry}");
+    }
+}

@@ -61,6 +61,28 @@ pub fn with_counts(mut resp: Response, counts: TokenCounts) -> Response {
     resp
 }
 
+/// The completion tokens of a streamed response, read once its body has ended:
+/// the access log line and audit entry of a stream are written then.
+#[derive(Clone)]
+pub struct StreamedCompletion(Arc<dyn Fn() -> usize + Send + Sync>);
+
+/// Attaches the prompt tokens of a streamed response and how to count its
+/// completion tokens at the end (`completion`: the tokens of its finished choices).
+pub fn with_streamed_counts(
+    resp: Response,
+    prompt_tokens: usize,
+    completion: impl Fn() -> usize + Send + Sync + 'static,
+) -> Response {
+    let counts = TokenCounts {
+        prompt_tokens,
+        completion_tokens: None,
+    };
+    let mut resp = with_counts(resp, counts);
+    resp.extensions_mut()
+        .insert(StreamedCompletion(Arc::new(completion)));
+    resp
+}
+
 const ROUTES: &[&str] = &[
     "/v1/chat/completions",
     "/v1/completions",
@@ -94,6 +116,71 @@ fn request_id(req: &Request, state: &AppState) -> String {
         .unwrap_or_else(|| state.request_id("req"))
 }
 
+/// What one access log line and audit entry say, but the completion tokens of a
+/// stream, known only at its end.
+struct Line {
+    state: Arc<AppState>,
+    started: Instant,
+    id: String,
+    key: Option<KeyId>,
+    client: Option<String>,
+    method: String,
+    route: &'static str,
+    status: u16,
+    counts: Option<TokenCounts>,
+}
+
+impl Line {
+    fn write(&self, completion_tokens: Option<usize>) {
+        let latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let prompt_tokens = self.counts.map(|c| c.prompt_tokens);
+        let key_id = self.key.as_ref().map(|k| k.0.as_str());
+        tracing::info!(
+            request_id = %self.id,
+            key_id,
+            method = %self.method,
+            route = self.route,
+            status = self.status,
+            latency_ms,
+            prompt_tokens,
+            completion_tokens,
+            "request"
+        );
+        if let Some(audit) = &self.state.audit {
+            audit.write(&AuditEntry {
+                time: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+                request_id: &self.id,
+                key_id,
+                client: self.client.clone(),
+                method: &self.method,
+                route: self.route,
+                status: self.status,
+                latency_ms,
+                prompt_tokens,
+                completion_tokens,
+            });
+        }
+    }
+}
+
+/// A stream's line, written when its response body is dropped (after `[DONE]`, or
+/// when the client went away): latency is then the whole stream's.
+struct AtEnd {
+    line: Line,
+    completion: StreamedCompletion,
+}
+
+impl Drop for AtEnd {
+    fn drop(&mut self) {
+        self.line.write(Some((self.completion.0)()));
+    }
+}
+
+/// The access layer: a log line (and audit entry) per response, after it is
+/// made, or for a stream after its body ends; counts every response.
 pub async fn log_request(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(&req, &state);
@@ -108,38 +195,26 @@ pub async fn log_request(State(state): State<Arc<AppState>>, req: Request, next:
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    let counts = resp.extensions().get::<TokenCounts>().copied();
     let status = resp.status().as_u16();
     // Every response counts, refusals by the layers before the handlers too.
     state.metrics.count_request(route, status);
-    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-    tracing::info!(
-        request_id = %id,
-        key_id = key.as_ref().map(|k| k.0.as_str()),
-        method = %method,
+    let counts = resp.extensions().get::<TokenCounts>().copied();
+    let line = Line {
+        state,
+        started,
+        id,
+        key,
+        client,
+        method,
         route,
         status,
-        latency_ms,
-        prompt_tokens = counts.map(|c| c.prompt_tokens),
-        completion_tokens = counts.and_then(|c| c.completion_tokens),
-        "request"
-    );
-    if let Some(audit) = &state.audit {
-        audit.write(&AuditEntry {
-            time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
-            request_id: &id,
-            key_id: key.as_ref().map(|k| k.0.as_str()),
-            client,
-            method: &method,
-            route,
-            status,
-            latency_ms,
-            prompt_tokens: counts.map(|c| c.prompt_tokens),
-            completion_tokens: counts.and_then(|c| c.completion_tokens),
-        });
+        counts,
+    };
+    match resp.extensions().get::<StreamedCompletion>().cloned() {
+        Some(completion) => crate::body_guard::hold(resp, AtEnd { line, completion }),
+        None => {
+            line.write(counts.and_then(|c| c.completion_tokens));
+            resp
+        }
     }
-    resp
 }

@@ -15,7 +15,7 @@ use medgemma_protocol::chat::{
 };
 use medgemma_protocol::{unix_time, ChatCompletionRequest, ToolCall, ValidTools};
 
-use crate::access::{with_counts, TokenCounts};
+use crate::access::{with_counts, with_streamed_counts, TokenCounts};
 use crate::error::ApiError;
 use crate::generation::{
     check_fan_out, sampling_params, submit, Piece, TextStream, TokenInfo, Totals,
@@ -36,11 +36,12 @@ pub async fn chat_completions(
     let started = crate::state::prepare(&state, body, move |s, b| start(s, b, priority)).await;
     let resp = match started {
         Ok(run) if run.chat.stream => {
-            let counts = TokenCounts {
-                prompt_tokens: run.prompt_tokens,
-                completion_tokens: None,
-            };
-            with_counts(stream_response(state.clone(), run).into_response(), counts)
+            let prompt_tokens = run.prompt_tokens;
+            let total = Arc::new(Mutex::new(Totals::default()));
+            let resp = stream_response(state.clone(), run, total.clone()).into_response();
+            with_streamed_counts(resp, prompt_tokens, move || {
+                total.lock().map(|t| t.completion).unwrap_or(0)
+            })
         }
         Ok(run) => {
             let prompt_tokens = run.prompt_tokens;
@@ -381,12 +382,13 @@ impl ChoiceStream {
     }
 }
 
+/// `total`: where the choices add their token counts as they finish.
 fn stream_response(
     state: Arc<AppState>,
     run: Run,
+    total: Arc<Mutex<Totals>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let created = unix_time();
-    let total = Arc::new(Mutex::new(Totals::default()));
     let tools = run.chat.tools.clone().map(Arc::new);
     let choices: Vec<_> = run
         .streams

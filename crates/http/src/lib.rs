@@ -4,6 +4,7 @@
 pub mod access;
 pub mod audit;
 pub mod auth;
+pub mod body_guard;
 pub mod chat;
 pub mod completions;
 pub mod error;

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -199,40 +198,9 @@ pub async fn limit_keys(
     if let Some(p) = quota.limits.priority {
         req.extensions_mut().insert(KeyPriority(p));
     }
-    let resp = next.run(req).await;
-    resp.map(|inner| {
-        Body::new(Held {
-            inner,
-            _place: guard,
-        })
-    })
-}
-
-/// A response body that holds its generation's place until it is dropped (sent
-/// whole, or its client gone); frames, length and end pass through unchanged.
-struct Held {
-    inner: Body,
-    _place: InFlight,
-}
-
-impl http_body::Body for Held {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
+    // The place is held until the response body is dropped (sent whole, or its
+    // client gone): a stream holds it for its whole length.
+    crate::body_guard::hold(next.run(req).await, guard)
 }
 
 fn refused(refusal: Refusal) -> Response {
