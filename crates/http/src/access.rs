@@ -2,10 +2,11 @@
 //! JSON lines (see `audit`). Both carry the request id, a key id (never the key), the route,
 //! status, latency and token counts, and never any request or response content.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::audit::AuditEntry;
+use crate::generation::Totals;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderValue;
@@ -61,25 +62,25 @@ pub fn with_counts(mut resp: Response, counts: TokenCounts) -> Response {
     resp
 }
 
-/// The completion tokens of a streamed response, read once its body has ended:
-/// the access log line and audit entry of a stream are written then.
+/// The token totals a streamed response's choices add to as they finish, read
+/// once its body has ended: the access log line and audit entry of a stream are
+/// written then.
 #[derive(Clone)]
-pub struct StreamedCompletion(Arc<dyn Fn() -> usize + Send + Sync>);
+struct StreamedCompletion(Arc<Mutex<Totals>>);
 
-/// Attaches the prompt tokens of a streamed response and how to count its
-/// completion tokens at the end (`completion`: the tokens of its finished choices).
+/// Attaches the prompt tokens of a streamed response and the totals its finished
+/// choices add their completion tokens to.
 pub fn with_streamed_counts(
     resp: Response,
     prompt_tokens: usize,
-    completion: impl Fn() -> usize + Send + Sync + 'static,
+    totals: Arc<Mutex<Totals>>,
 ) -> Response {
     let counts = TokenCounts {
         prompt_tokens,
         completion_tokens: None,
     };
     let mut resp = with_counts(resp, counts);
-    resp.extensions_mut()
-        .insert(StreamedCompletion(Arc::new(completion)));
+    resp.extensions_mut().insert(StreamedCompletion(totals));
     resp
 }
 
@@ -175,7 +176,8 @@ struct AtEnd {
 
 impl Drop for AtEnd {
     fn drop(&mut self) {
-        self.line.write(Some((self.completion.0)()));
+        let tokens = self.completion.0.lock().map(|t| t.completion).unwrap_or(0);
+        self.line.write(Some(tokens));
     }
 }
 

@@ -37,9 +37,7 @@ pub async fn completions(
             let prompt_tokens = run.prompt_tokens;
             let total = Arc::new(Mutex::new(Totals::default()));
             let resp = stream_response(state.clone(), run, total.clone()).into_response();
-            with_streamed_counts(resp, prompt_tokens, move || {
-                total.lock().map(|t| t.completion).unwrap_or(0)
-            })
+            with_streamed_counts(resp, prompt_tokens, total)
         }
         Ok(run) => {
             let prompt_tokens = run.prompt_tokens;
