@@ -14,6 +14,7 @@ mod serve_cmd;
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> std::process::ExitCode {
+    count_cpu_threads_once();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let command = match config::command_with_file(cli::Cli::command(), &args) {
         Ok(c) => c,
@@ -53,6 +54,22 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// candle asks for the CPU thread count on every CPU matrix product and, unless
+/// `RAYON_NUM_THREADS` holds one, counts physical cores by parsing /proc/cpuinfo
+/// each time: about a tenth of a small model's decode step on the CPU. Counting
+/// once here, before any thread starts, and setting the variable keeps the same
+/// count (and the operator's, where set) at no cost per product.
+fn count_cpu_threads_once() {
+    let set = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|n| n > 0);
+    if !set {
+        let n = medgemma_model::cpu_thread_count();
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
 }
 

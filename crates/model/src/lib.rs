@@ -60,6 +60,12 @@ pub use synthetic::synthetic_model;
 
 pub use candle_core::{DType, Device, Tensor};
 
+/// The CPU threads candle's kernels use (its count of physical cores unless
+/// `RAYON_NUM_THREADS` says otherwise).
+pub fn cpu_thread_count() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
 /// Parses a dtype name as the CLI and config take it.
 pub fn parse_dtype(name: &str) -> Result<DType, ModelError> {
     match name {
