@@ -13,6 +13,7 @@ const KERNELS: &[&str] = &[
     "gemv",
     "argmax",
     "softmax",
+    "bias_epilogue",
 ];
 
 fn main() {

@@ -3,11 +3,12 @@
 //! sequences of different lengths scattered over the pool's slots), the
 //! residual add fused with the RMSNorms around it, the q/k norms fused with RoPE
 //! and the KV write, the MLP's gelu fused with its product, the decode-step
-//! matrix-vector product, the greedy argmax and the vision tower's softmax (the
-//! model runs those last five comparisons itself at load, before it uses the
-//! kernels).
+//! matrix-vector product, the greedy argmax, the vision tower's softmax and its
+//! bias epilogues (the model runs those last six comparisons itself at load,
+//! before it uses the kernels).
 
 use anyhow::Result;
+use medgemma_model::bias_epilogue::{self, Widths};
 use medgemma_model::ops::{fused_tolerance, max_relative_error as rel_err};
 use medgemma_model::paged_decode::{paged_decode, reference};
 use medgemma_model::qk_rope_write;
@@ -73,6 +74,21 @@ pub fn check(device: &Device) -> Result<bool> {
                 err,
                 fused_tolerance(dtype),
             );
+        }
+    }
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        // SigLIP's widths (MedGemma's tower), and a small tower's.
+        for (hidden, intermediate, heads) in [(1152, 4304, 16), (64, 128, 4)] {
+            let w = Widths {
+                hidden,
+                intermediate,
+                heads,
+            };
+            let err = bias_epilogue::self_test(device, dtype, w)?;
+            let what = format!(
+                "vision bias + gelu / residual / q-k-v heads, hidden {hidden} inter {intermediate} heads {heads}"
+            );
+            ok &= report(&what, dtype, err, fused_tolerance(dtype));
         }
     }
     let wrong = argmax::self_test(device, 262_208)?;

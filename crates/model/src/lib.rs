@@ -8,6 +8,7 @@ pub mod add_norm;
 pub mod argmax;
 pub mod attention;
 pub mod batch;
+pub mod bias_epilogue;
 pub mod config;
 pub mod cpu_gelu;
 pub mod cpu_matvec;

@@ -10,38 +10,40 @@
 //! transformers does.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
+use crate::bias_epilogue::{self as epilogue, Heads, Widths};
 use crate::config::VisionConfig;
 
-/// LayerNorm with bias, computed in f32 and cast back to the input dtype once.
+/// LayerNorm with bias. candle's kernels (CPU and CUDA) read half-precision input
+/// into f32, normalize in f32 and round once, so running them on the activation
+/// dtype gives exactly what casting to f32 and back gives (transformers' f32
+/// LayerNorm), without the two casts.
 #[derive(Debug, Clone)]
-struct LayerNormF32 {
+struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f32,
 }
 
-impl LayerNormF32 {
+impl LayerNorm {
     fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        let get = |name: &str| vb.get(dim, name)?.to_dtype(DType::F32);
         Ok(Self {
-            weight: get("weight")?,
-            bias: get("bias")?,
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
             eps: eps as f32,
         })
     }
 }
 
-impl Module for LayerNormF32 {
+impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let xf = x.to_dtype(DType::F32)?.contiguous()?;
-        candle_nn::ops::layer_norm(&xf, &self.weight, &self.bias, self.eps)?.to_dtype(x.dtype())
+        candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps)
     }
 }
 
 /// SigLIP's activation, by its transformers name.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Act {
     GeluTanh,
     GeluErf,
@@ -60,99 +62,155 @@ impl Act {
 
     fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::GeluTanh if x.device().is_cpu() => crate::cpu_gelu::gelu(x),
-            Self::GeluTanh => x.gelu(),
+            Self::GeluTanh => epilogue::reference::gelu_tanh(x),
             Self::GeluErf => x.gelu_erf(),
             Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
         }
     }
 }
 
+/// A product with a bias whose addition the caller finishes (with the bias
+/// epilogue kernels where they serve).
+#[derive(Debug, Clone)]
+struct Biased {
+    /// `[out, in]`.
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Biased {
+    fn new(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((outputs, inputs), "weight")?,
+            bias: vb.get(outputs, "bias")?,
+        })
+    }
+
+    /// q, k and v stacked as one `[3 * out, in]` product: one matrix product
+    /// instead of three.
+    fn stacked(parts: &[Self]) -> Result<Self> {
+        let cat =
+            |f: fn(&Self) -> &Tensor| Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0);
+        Ok(Self {
+            weight: cat(|p| &p.weight)?,
+            bias: cat(|p| &p.bias)?,
+        })
+    }
+
+    /// `x` `[rows, in]` → `x · weightᵀ` `[rows, out]`, without the bias.
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
+        x.matmul(&self.weight.t()?)
+    }
+}
+
+/// Which of the tower's CUDA kernels passed their self-tests on the device.
+#[derive(Debug, Clone, Copy, Default)]
+struct Kernels {
+    softmax: bool,
+    epilogue: bool,
+}
+
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    /// q, k and v stacked.
+    qkv: Biased,
+    out_proj: Biased,
     heads: usize,
     scale: f64,
-    /// Softmax of the scores as the `softmax` CUDA kernel (it passed its self-test).
-    fast_softmax: bool,
 }
 
 impl SelfAttention {
-    fn new(cfg: &VisionConfig, vb: VarBuilder, fast_softmax: bool) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         if cfg.num_attention_heads == 0 || !h.is_multiple_of(cfg.num_attention_heads) {
             candle_core::bail!("vision hidden_size {h} is not divisible by its attention heads");
         }
         let head_dim = h / cfg.num_attention_heads;
+        let part = |name: &str| Biased::new(h, h, vb.pp(name));
         Ok(Self {
-            q_proj: linear(h, h, vb.pp("q_proj"))?,
-            k_proj: linear(h, h, vb.pp("k_proj"))?,
-            v_proj: linear(h, h, vb.pp("v_proj"))?,
-            out_proj: linear(h, h, vb.pp("out_proj"))?,
+            qkv: Biased::stacked(&[part("q_proj")?, part("k_proj")?, part("v_proj")?])?,
+            out_proj: part("out_proj")?,
             heads: cfg.num_attention_heads,
             scale: (head_dim as f64).powf(-0.5),
-            fast_softmax,
         })
     }
 
-    /// `x`: `[images, patches, hidden]`; no mask (every patch sees every patch).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, p, h) = x.dims3()?;
-        let d = h / self.heads;
-        let split = |t: Tensor| {
-            t.reshape((n, p, self.heads, d))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+    /// `x` `[images * patches, hidden]`; no mask (every patch sees every patch).
+    /// Returns the attention's output before `out_proj`, `[images * patches, hidden]`.
+    fn attend(&self, x: &Tensor, patches: usize, kernels: Kernels) -> Result<Tensor> {
+        let (rows, h) = x.dims2()?;
         // The scale goes on the queries (patches x head_dim) rather than on the
         // scores (patches x patches): one pass over 4096 x 72 values per head
         // instead of 4096 x 4096 at 896 px; the same product up to rounding.
-        let q = (split(self.q_proj.forward(x)?)? * self.scale)?;
-        let k = split(self.k_proj.forward(x)?)?;
-        let v = split(self.v_proj.forward(x)?)?;
+        let heads = Heads {
+            patches,
+            heads: self.heads,
+            head_dim: h / self.heads,
+            scale: self.scale,
+        };
+        let qkv = self.qkv.product(x)?;
+        let (q, k, v) = if kernels.epilogue {
+            epilogue::qkv_heads(&qkv, &self.qkv.bias, heads)?
+        } else {
+            epilogue::reference::qkv_heads(&qkv, &self.qkv.bias, heads)?
+        };
         let scores = q.matmul(&k.t()?)?;
-        let probs = if self.fast_softmax && crate::softmax::serves(&scores) {
+        let probs = if kernels.softmax && crate::softmax::serves(&scores) {
             crate::softmax::softmax(&scores)?
         } else {
             crate::ops::softmax_in_f32(&scores)?
         };
-        let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, p, h))?;
-        self.out_proj.forward(&o)
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((rows, h))
     }
 }
 
 #[derive(Debug, Clone)]
 struct EncoderLayer {
-    layer_norm1: LayerNormF32,
+    layer_norm1: LayerNorm,
     self_attn: SelfAttention,
-    layer_norm2: LayerNormF32,
-    fc1: Linear,
-    fc2: Linear,
+    layer_norm2: LayerNorm,
+    fc1: Biased,
+    fc2: Biased,
     act: Act,
 }
 
 impl EncoderLayer {
-    fn new(cfg: &VisionConfig, act: Act, vb: VarBuilder, fast_softmax: bool) -> Result<Self> {
+    fn new(cfg: &VisionConfig, act: Act, vb: VarBuilder) -> Result<Self> {
         let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         Ok(Self {
-            layer_norm1: LayerNormF32::new(h, eps, vb.pp("layer_norm1"))?,
-            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"), fast_softmax)?,
-            layer_norm2: LayerNormF32::new(h, eps, vb.pp("layer_norm2"))?,
-            fc1: linear(h, i, vb.pp("mlp").pp("fc1"))?,
-            fc2: linear(i, h, vb.pp("mlp").pp("fc2"))?,
+            layer_norm1: LayerNorm::new(h, eps, vb.pp("layer_norm1"))?,
+            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"))?,
+            layer_norm2: LayerNorm::new(h, eps, vb.pp("layer_norm2"))?,
+            fc1: Biased::new(h, i, vb.pp("mlp").pp("fc1"))?,
+            fc2: Biased::new(i, h, vb.pp("mlp").pp("fc2"))?,
             act,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = self.self_attn.forward(&self.layer_norm1.forward(x)?)?;
-        let x = (x + a)?;
-        let m = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
-        let m = self.fc2.forward(&self.act.apply(&m)?)?;
-        x + m
+    /// `x` `[images * patches, hidden]`.
+    fn forward(&self, x: &Tensor, patches: usize, kernels: Kernels) -> Result<Tensor> {
+        let attn = self
+            .self_attn
+            .attend(&self.layer_norm1.forward(x)?, patches, kernels)?;
+        let x = residual(&self.self_attn.out_proj, &attn, x, kernels)?;
+        let m = self.fc1.product(&self.layer_norm2.forward(&x)?)?;
+        let m = if kernels.epilogue && self.act == Act::GeluTanh {
+            epilogue::gelu(&m, &self.fc1.bias)?
+        } else {
+            self.act.apply(&m.broadcast_add(&self.fc1.bias)?)?
+        };
+        residual(&self.fc2, &m, &x, kernels)
+    }
+}
+
+/// `res + (x · weightᵀ + bias)`; `res` may hold fewer rows, repeated (see
+/// `bias_epilogue::residual`).
+fn residual(p: &Biased, x: &Tensor, res: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    let y = p.product(x)?;
+    if kernels.epilogue {
+        epilogue::residual(&y, &p.bias, res)
+    } else {
+        epilogue::reference::residual(&y, &p.bias, res)
     }
 }
 
@@ -161,9 +219,8 @@ impl EncoderLayer {
 /// (candle's CPU convolution has no bf16).
 #[derive(Debug, Clone)]
 struct PatchEmbedding {
-    /// `[hidden, channels * patch * patch]`.
-    weight: Tensor,
-    bias: Tensor,
+    /// Weight `[hidden, channels * patch * patch]`.
+    proj: Biased,
     patch: usize,
 }
 
@@ -172,25 +229,24 @@ impl PatchEmbedding {
         let (c, p, h) = (cfg.num_channels, cfg.patch_size, cfg.hidden_size);
         let weight = vb.get((h, c, p, p), "weight")?.reshape((h, c * p * p))?;
         Ok(Self {
-            weight,
-            bias: vb.get(h, "bias")?,
+            proj: Biased {
+                weight,
+                bias: vb.get(h, "bias")?,
+            },
             patch: p,
         })
     }
 
-    /// `[images, channels, H, W]` → `[images, patches, hidden]`, patch = row * gw + col.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `[images, channels, H, W]` → the patches `[images * patches, channels *
+    /// patch * patch]`, patch = row * gw + col.
+    fn unfold(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let p = self.patch;
         let (gh, gw) = (h / p, w / p);
-        let patches = x
-            .reshape((n, c, gh, p, gw, p))?
+        x.reshape((n, c, gh, p, gw, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
-            .reshape((n, gh * gw, c * p * p))?;
-        patches
-            .broadcast_matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)
+            .reshape((n * gh * gw, c * p * p))
     }
 }
 
@@ -200,7 +256,8 @@ pub struct VisionTower {
     patch_embedding: PatchEmbedding,
     position_embedding: Tensor,
     layers: Vec<EncoderLayer>,
-    post_layernorm: LayerNormF32,
+    kernels: Kernels,
+    post_layernorm: LayerNorm,
     cfg: VisionConfig,
     dtype: DType,
 }
@@ -215,15 +272,24 @@ impl VisionTower {
         let position_embedding = emb
             .pp("position_embedding")
             .get((patches, cfg.hidden_size), "weight")?;
-        let fast_softmax = crate::softmax::usable(vb.dtype(), vb.device(), patches);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::new(cfg, act, vb.pp("encoder").pp("layers").pp(i), fast_softmax))
+            .map(|i| EncoderLayer::new(cfg, act, vb.pp("encoder").pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
+        let widths = Widths {
+            hidden: cfg.hidden_size,
+            intermediate: cfg.intermediate_size,
+            heads: cfg.num_attention_heads,
+        };
+        let kernels = Kernels {
+            softmax: crate::softmax::usable(vb.dtype(), vb.device(), patches),
+            epilogue: epilogue::usable(vb.device(), vb.dtype(), widths),
+        };
         Ok(Self {
             patch_embedding,
             position_embedding,
             layers,
-            post_layernorm: LayerNormF32::new(
+            kernels,
+            post_layernorm: LayerNorm::new(
                 cfg.hidden_size,
                 cfg.layer_norm_eps,
                 vb.pp("post_layernorm"),
@@ -252,13 +318,49 @@ impl VisionTower {
                 self.cfg.num_channels
             );
         }
-        let x = self
-            .patch_embedding
-            .forward(&pixels.to_dtype(self.dtype)?)?;
-        let mut x = x.broadcast_add(&self.position_embedding)?;
+        let images = pixels.dim(0)?;
+        let (patches, hidden) = self.position_embedding.dims2()?;
+        let unfolded = self.patch_embedding.unfold(&pixels.to_dtype(self.dtype)?)?;
+        // The convolution's bias and then the positions (repeated for each image).
+        let proj = &self.patch_embedding.proj;
+        let mut x = residual(proj, &unfolded, &self.position_embedding, self.kernels)?;
         for layer in &self.layers {
-            x = layer.forward(&x)?;
+            x = layer.forward(&x, patches, self.kernels)?;
         }
-        self.post_layernorm.forward(&x)
+        self.post_layernorm
+            .forward(&x)?
+            .reshape((images, patches, hidden))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    /// The LayerNorm run on bf16 is bit for bit the f32 LayerNorm of the same
+    /// values rounded once, which it replaced.
+    #[test]
+    fn half_precision_layer_norm_equals_the_f32_one_rounded() -> Result<()> {
+        let cpu = &Device::Cpu;
+        let x = (Tensor::randn(0f32, 3.0, (7, 96), cpu)? + 5.0)?.to_dtype(DType::BF16)?;
+        let weight = Tensor::randn(1f32, 0.5, 96, cpu)?.to_dtype(DType::BF16)?;
+        let bias = Tensor::randn(0f32, 0.5, 96, cpu)?.to_dtype(DType::BF16)?;
+        let norm = LayerNorm {
+            weight: weight.clone(),
+            bias: bias.clone(),
+            eps: 1e-6,
+        };
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let want = candle_nn::ops::layer_norm(&f32(&x)?, &f32(&weight)?, &f32(&bias)?, 1e-6)?
+            .to_dtype(DType::BF16)?;
+        let got = norm.forward(&x)?;
+        let diff = (f32(&got)? - f32(&want)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
+        Ok(())
     }
 }

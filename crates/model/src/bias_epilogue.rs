@@ -1,0 +1,493 @@
+//! The vision tower's biased products finished in one pass over their output, as
+//! CUDA kernels (kernels/bias_epilogue.cu), and the same as candle ops on any
+//! device (`reference`):
+//! - `gelu`: `gelu_tanh(x + bias)` (fc1 and its activation);
+//! - `residual`: `res + (x + bias)` (out_proj or fc2, and the residual);
+//! - `qkv_heads`: the stacked q/k/v product plus its bias, split into
+//!   `[3, images, heads, patches, head_dim]` with the queries scaled.
+//!
+//! At 896 px each of them replaces two or three passes over a `[4096, 1152..4304]`
+//! activation, the broadcast bias add being candle's slowest (a per-element index
+//! computation and a host-to-device copy of the strides).
+//!
+//! The tower uses the kernels only after `self_test` passed on the device at load
+//! (`usable`), for shapes `serves` says fit.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+/// `gelu_tanh(x + bias)`: `x` `[rows, cols]`, `bias` `[cols]`.
+pub fn gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    epilogue(x, bias, x, Mode::Gelu)
+}
+
+/// `res + (x + bias)`: `x` `[rows, cols]`, `bias` `[cols]`, `res` `[rows, cols]`
+/// or `[rows / k, cols]` repeated `k` times (positions added to every image's
+/// patches).
+pub fn residual(x: &Tensor, bias: &Tensor, res: &Tensor) -> Result<Tensor> {
+    epilogue(x, bias, res, Mode::Residual)
+}
+
+/// `x` `[images * patches, 3 * heads * head_dim]` (q, k, v) plus `bias` →
+/// q, k and v, each `[images, heads, patches, head_dim]`, the queries times `scale`.
+pub fn qkv_heads(x: &Tensor, bias: &Tensor, heads: Heads) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    {
+        let t = aligned(x)?.apply_op2_no_bwd(&aligned(bias)?, &cuda::QkvHeads(heads))?;
+        Ok((t.get(0)?, t.get(1)?, t.get(2)?))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, bias, heads);
+        candle_core::bail!("the q/k/v heads kernel needs a CUDA build")
+    }
+}
+
+/// How `qkv_heads` splits a row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Heads {
+    pub patches: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub scale: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Gelu = 0,
+    Residual = 1,
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn epilogue(x: &Tensor, bias: &Tensor, res: &Tensor, mode: Mode) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        aligned(x)?.apply_op3_no_bwd(&aligned(bias)?, &aligned(res)?, &cuda::Epilogue(mode))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        candle_core::bail!("the bias epilogue kernels need a CUDA build")
+    }
+}
+
+/// `t` contiguous and starting on 16 bytes, as the kernels read it (a copy only
+/// when it is not already).
+#[cfg(feature = "cuda")]
+fn aligned(t: &Tensor) -> Result<Tensor> {
+    let offset_bytes = t.layout().start_offset() * t.dtype().size_in_bytes();
+    if t.is_contiguous() && offset_bytes.is_multiple_of(16) {
+        Ok(t.clone())
+    } else {
+        t.copy()
+    }
+}
+
+/// The vision tower's widths the kernels must take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Widths {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+}
+
+/// Whether the kernels take the tower's widths in `dtype`: every row, and every
+/// head, a whole number of 16-byte vectors.
+pub fn fits(w: Widths, dtype: DType) -> bool {
+    let per_vector = 16 / dtype.size_in_bytes().max(1);
+    let whole = |n: usize| n > 0 && n.is_multiple_of(per_vector);
+    matches!(dtype, DType::BF16 | DType::F16 | DType::F32)
+        && w.heads > 0
+        && w.hidden.is_multiple_of(w.heads)
+        && whole(w.hidden / w.heads)
+        && whole(w.intermediate)
+}
+
+/// Worst relative error of the three kernels on `device` against `reference` on
+/// the CPU, on a few random rows of the tower's widths (two images of three
+/// patches for the q/k/v split).
+pub fn self_test(device: &Device, dtype: DType, w: Widths) -> Result<f64> {
+    if !fits(w, dtype) {
+        candle_core::bail!("bias epilogue self-test: widths {w:?} do not fit {dtype:?}");
+    }
+    let cpu = &Device::Cpu;
+    let rand = |shape: (usize, usize)| Tensor::randn(0f32, 2.0, shape, cpu)?.to_dtype(dtype);
+    let bias = |n: usize| Tensor::randn(0f32, 1.0, n, cpu)?.to_dtype(dtype);
+    let on = |t: &Tensor| t.to_device(device);
+    let err = crate::ops::max_relative_error;
+    let rows = 6;
+
+    let (x, b) = (rand((rows, w.intermediate))?, bias(w.intermediate)?);
+    let mut worst = err(&gelu(&on(&x)?, &on(&b)?)?, &reference::gelu(&x, &b)?)?;
+
+    let (x, b, r) = (
+        rand((rows, w.hidden))?,
+        bias(w.hidden)?,
+        rand((rows, w.hidden))?,
+    );
+    let got = residual(&on(&x)?, &on(&b)?, &on(&r)?)?;
+    worst = worst.max(err(&got, &reference::residual(&x, &b, &r)?)?);
+    let r = r.narrow(0, 0, rows / 2)?;
+    let got = residual(&on(&x)?, &on(&b)?, &on(&r)?)?;
+    worst = worst.max(err(&got, &reference::residual(&x, &b, &r)?)?);
+
+    let heads = Heads {
+        patches: rows / 2,
+        heads: w.heads,
+        head_dim: w.hidden / w.heads,
+        scale: ((w.hidden / w.heads) as f64).powf(-0.5),
+    };
+    let (x, b) = (rand((rows, 3 * w.hidden))?, bias(3 * w.hidden)?);
+    let got = qkv_heads(&on(&x)?, &on(&b)?, heads)?;
+    let want = reference::qkv_heads(&x, &b, heads)?;
+    for (g, w) in [(&got.0, &want.0), (&got.1, &want.1), (&got.2, &want.2)] {
+        if g.dims() != w.dims() {
+            candle_core::bail!("q/k/v heads: shape {:?}, expected {:?}", g.dims(), w.dims());
+        }
+        worst = worst.max(err(g, w)?);
+    }
+    Ok(worst)
+}
+
+/// Whether the tower may use the kernels on `device` in `dtype`.
+pub fn usable(device: &Device, dtype: DType, w: Widths) -> bool {
+    fits(w, dtype)
+        && crate::ops::kernel_usable("bias-epilogue", device, dtype, || {
+            self_test(device, dtype, w)
+        })
+}
+
+/// The same as candle ops, on any device.
+pub mod reference {
+    use candle_core::{DType, Result, Tensor};
+
+    use super::Heads;
+
+    /// `gelu_tanh(x + bias)`, the activation in f32 and rounded once.
+    pub fn gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        gelu_tanh(&x.broadcast_add(bias)?)
+    }
+
+    /// `gelu_tanh` computed in f32 and rounded once to `x`'s dtype, as PyTorch
+    /// does (candle's own half-precision gelu rounds its intermediate steps).
+    pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            return crate::cpu_gelu::gelu(x);
+        }
+        x.to_dtype(DType::F32)?.gelu()?.to_dtype(x.dtype())
+    }
+
+    /// `res + (x + bias)`, `res` repeated over `x`'s rows as `super::residual`
+    /// takes it.
+    pub fn residual(x: &Tensor, bias: &Tensor, res: &Tensor) -> Result<Tensor> {
+        let ((rows, cols), (res_rows, _)) = (x.dims2()?, res.dims2()?);
+        if res_rows == rows {
+            return res + x.broadcast_add(bias)?;
+        }
+        if res_rows == 0 || !rows.is_multiple_of(res_rows) {
+            candle_core::bail!("residual of {res_rows} rows for {rows}");
+        }
+        let x = x
+            .broadcast_add(bias)?
+            .reshape((rows / res_rows, res_rows, cols))?;
+        x.broadcast_add(res)?.reshape((rows, cols))
+    }
+
+    /// See `super::qkv_heads`; the queries are scaled in f32 and rounded once.
+    pub fn qkv_heads(x: &Tensor, bias: &Tensor, h: Heads) -> Result<(Tensor, Tensor, Tensor)> {
+        let (rows, _) = x.dims2()?;
+        let images = rows / h.patches.max(1);
+        let split = x
+            .broadcast_add(bias)?
+            .reshape((images, h.patches, 3, h.heads, h.head_dim))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let q = split.get(0)?;
+        let q = (q.to_dtype(DType::F32)? * h.scale)?.to_dtype(q.dtype())?;
+        Ok((q, split.get(1)?, split.get(2)?))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{
+        CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape,
+    };
+    use half::{bf16, f16};
+
+    use super::{Heads, Mode};
+    use crate::paged_decode::cuda_view;
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/bias_epilogue.ptx"));
+    const THREADS: u32 = 256;
+
+    /// A grid-stride launch over `vecs` 16-byte vectors.
+    fn launch_config(vecs: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: ((vecs as u32).div_ceil(THREADS).clamp(1, 65_535), 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// `[rows, cols]` of `l` where cols is the bias's width and a whole number of
+    /// vectors of `T`.
+    fn rows_cols<T>(l: &Layout, bias: &Layout) -> Result<(usize, usize)> {
+        let (rows, cols) = l.shape().dims2()?;
+        let per_vector = 16 / std::mem::size_of::<T>();
+        if bias.shape().dims() != [cols] || !cols.is_multiple_of(per_vector) {
+            candle_core::bail!(
+                "bias epilogue: [{rows}, {cols}] with bias {:?}",
+                bias.shape()
+            );
+        }
+        Ok((rows, cols))
+    }
+
+    pub struct Epilogue(pub Mode);
+
+    impl Epilogue {
+        fn launch<T: CudaDType + DeviceRepr>(
+            &self,
+            kind: &str,
+            x: (&CudaStorage, &Layout),
+            bias: (&CudaStorage, &Layout),
+            res: (&CudaStorage, &Layout),
+        ) -> Result<(CudaStorage, Shape)> {
+            let (rows, cols) = rows_cols::<T>(x.1, bias.1)?;
+            if res.1.shape() != x.1.shape() {
+                candle_core::bail!(
+                    "bias epilogue: residual {:?} for {:?}",
+                    res.1.shape(),
+                    x.1.shape()
+                );
+            }
+            let dev = x.0.device.clone();
+            let per_vector = 16 / std::mem::size_of::<T>();
+            let vecs = rows * cols / per_vector;
+            let out = unsafe { dev.alloc::<T>(rows * cols)? };
+            let name = format!("bias_epilogue_{kind}");
+            let func = dev.get_or_load_custom_func(&name, "medgemma_bias_epilogue", PTX)?;
+            let (xs, bs, rs) = (
+                cuda_view::<T>(x)?,
+                cuda_view::<T>(bias)?,
+                cuda_view::<T>(res)?,
+            );
+            let (row_vecs, mode) = ((cols / per_vector) as i32, self.0 as i32);
+            let mut b = func.builder();
+            b.arg(&xs)
+                .arg(&bs)
+                .arg(&rs)
+                .arg(&out)
+                .arg(&vecs)
+                .arg(&row_vecs)
+                .arg(&mode);
+            unsafe { b.launch(launch_config(vecs)) }.w()?;
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev),
+                Shape::from((rows, cols)),
+            ))
+        }
+    }
+
+    impl CustomOp3 for Epilogue {
+        fn name(&self) -> &'static str {
+            "bias-epilogue"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!("the bias epilogue kernels run on CUDA only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            b: &CudaStorage,
+            bl: &Layout,
+            r: &CudaStorage,
+            rl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            match x.dtype() {
+                DType::BF16 => self.launch::<bf16>("bf16", (x, xl), (b, bl), (r, rl)),
+                DType::F16 => self.launch::<f16>("f16", (x, xl), (b, bl), (r, rl)),
+                DType::F32 => self.launch::<f32>("f32", (x, xl), (b, bl), (r, rl)),
+                other => candle_core::bail!("bias epilogue: unsupported dtype {other:?}"),
+            }
+        }
+    }
+
+    pub struct QkvHeads(pub Heads);
+
+    impl QkvHeads {
+        fn launch<T: CudaDType + DeviceRepr>(
+            &self,
+            kind: &str,
+            x: (&CudaStorage, &Layout),
+            bias: (&CudaStorage, &Layout),
+        ) -> Result<(CudaStorage, Shape)> {
+            let h = self.0;
+            let (rows, cols) = rows_cols::<T>(x.1, bias.1)?;
+            let per_vector = 16 / std::mem::size_of::<T>();
+            let fits = cols == 3 * h.heads * h.head_dim
+                && h.head_dim.is_multiple_of(per_vector)
+                && h.patches > 0
+                && rows.is_multiple_of(h.patches);
+            if !fits {
+                candle_core::bail!("q/k/v heads: [{rows}, {cols}] does not split as {h:?}");
+            }
+            let dev = x.0.device.clone();
+            let vecs = rows * cols / per_vector;
+            let out = unsafe { dev.alloc::<T>(rows * cols)? };
+            let name = format!("qkv_heads_{kind}");
+            let func = dev.get_or_load_custom_func(&name, "medgemma_bias_epilogue", PTX)?;
+            let (xs, bs) = (cuda_view::<T>(x)?, cuda_view::<T>(bias)?);
+            let (p, n, d) = (h.patches as i32, h.heads as i32, h.head_dim as i32);
+            let scale = h.scale as f32;
+            let mut b = func.builder();
+            b.arg(&xs).arg(&bs).arg(&out).arg(&vecs);
+            b.arg(&p).arg(&n).arg(&d).arg(&scale);
+            unsafe { b.launch(launch_config(vecs)) }.w()?;
+            let shape = (3, rows / h.patches, h.heads, h.patches, h.head_dim);
+            Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(shape)))
+        }
+    }
+
+    impl CustomOp2 for QkvHeads {
+        fn name(&self) -> &'static str {
+            "qkv-heads"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!("the q/k/v heads kernel runs on CUDA only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            b: &CudaStorage,
+            bl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            match x.dtype() {
+                DType::BF16 => self.launch::<bf16>("bf16", (x, xl), (b, bl)),
+                DType::F16 => self.launch::<f16>("f16", (x, xl), (b, bl)),
+                DType::F32 => self.launch::<f32>("f32", (x, xl), (b, bl)),
+                other => candle_core::bail!("q/k/v heads: unsupported dtype {other:?}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{IndexOp, D};
+
+    use super::*;
+
+    fn rand(shape: &[usize]) -> Result<Tensor> {
+        Tensor::randn(0f32, 1.0, shape, &Device::Cpu)
+    }
+
+    #[test]
+    fn qkv_heads_splits_rows_as_the_separate_projections_would() -> Result<()> {
+        let (images, patches, heads, d) = (2, 3, 4, 8);
+        let h = heads * d;
+        let (x, b) = (rand(&[images * patches, 3 * h])?, rand(&[3 * h])?);
+        let split = Heads {
+            patches,
+            heads,
+            head_dim: d,
+            scale: 0.25,
+        };
+        let (q, k, v) = reference::qkv_heads(&x, &b, split)?;
+        for (i, (got, scale)) in [(q, 0.25), (k, 1.0), (v, 1.0)].into_iter().enumerate() {
+            let part = x
+                .narrow(D::Minus1, i * h, h)?
+                .broadcast_add(&b.narrow(0, i * h, h)?)?;
+            let want = (part
+                .reshape((images, patches, heads, d))?
+                .transpose(1, 2)?
+                .contiguous()?
+                * scale)?;
+            assert_eq!(got.dims(), [images, heads, patches, d]);
+            let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "part {i}: {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn references_are_the_plain_formulas() -> Result<()> {
+        let (x, b, r) = (rand(&[3, 16])?, rand(&[16])?, rand(&[3, 16])?);
+        let sum = x.broadcast_add(&b)?;
+        let res = reference::residual(&x, &b, &r)?;
+        assert_eq!(
+            (res - (&r + &sum)?)?.abs()?.max_all()?.to_scalar::<f32>()?,
+            0.0
+        );
+        let g = reference::gelu(&x, &b)?;
+        let (s, gv) = (
+            sum.i((1, 5))?.to_scalar::<f32>()?,
+            g.i((1, 5))?.to_scalar::<f32>()?,
+        );
+        let exact = 0.5 * s * (1.0 + (0.797_884_6 * (s + 0.044715 * s * s * s)).tanh());
+        assert!((gv - exact).abs() < 1e-5, "{gv} vs {exact}");
+        Ok(())
+    }
+
+    #[test]
+    fn widths_must_be_whole_vectors() {
+        let siglip = Widths {
+            hidden: 1152,
+            intermediate: 4304,
+            heads: 16,
+        };
+        assert!(fits(siglip, DType::BF16) && fits(siglip, DType::F32));
+        let odd_head = Widths {
+            heads: 12,
+            ..siglip
+        }; // head_dim 96: fits
+        assert!(fits(odd_head, DType::BF16));
+        let narrow_head = Widths {
+            hidden: 48,
+            heads: 8,
+            ..siglip
+        }; // head_dim 6
+        assert!(!fits(narrow_head, DType::BF16) && !fits(narrow_head, DType::F32));
+        let odd_inter = Widths {
+            intermediate: 4302,
+            ..siglip
+        };
+        assert!(!fits(odd_inter, DType::BF16));
+        assert!(!fits(siglip, DType::U32));
+    }
+
+    #[test]
+    fn the_kernels_are_off_on_the_cpu() -> Result<()> {
+        let w = Widths {
+            hidden: 64,
+            intermediate: 128,
+            heads: 4,
+        };
+        assert!(!usable(&Device::Cpu, DType::F32, w));
+        let x = rand(&[2, 128])?;
+        assert!(gelu(&x, &rand(&[128])?).is_err());
+        Ok(())
+    }
+}
