@@ -11,7 +11,7 @@
 //! computation and a host-to-device copy of the strides).
 //!
 //! The tower uses the kernels only after `self_test` passed on the device at load
-//! (`usable`), for shapes `serves` says fit.
+//! (`usable`), for widths `fits` takes.
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -77,7 +77,8 @@ fn aligned(t: &Tensor) -> Result<Tensor> {
     if t.is_contiguous() && offset_bytes.is_multiple_of(16) {
         Ok(t.clone())
     } else {
-        t.copy()
+        // A fresh buffer (`copy` would keep the offset).
+        t.force_contiguous()
     }
 }
 
