@@ -1,9 +1,9 @@
 //! `x · wᵀ` on the CPU for up to eight rows of `x` (decode steps of few
-//! sequences), f32: each weight row is read from memory once and dotted with
-//! every row of `x` while it is in the L1 cache, weight rows split across the
-//! threads. A decode step is bound by reading the weights, and candle's CPU
-//! matmul reads them at well under the memory bandwidth in few-row products
-//! (`cargo bench -p medgemma-model --bench matvec` measures both).
+//! sequences): each weight row is read from memory once and dotted with every row
+//! of `x` while it is in the L1 cache, weight rows split across the threads. A
+//! decode step is bound by reading the weights, and candle's CPU matmul reads them
+//! at well under the memory bandwidth in few-row products (`cargo bench -p
+//! medgemma-model --bench matvec` measures both).
 //!
 //! One row streams four weight rows at a time; more rows take two weight rows
 //! at a time against up to eight rows of `x` (sixteen AVX-512 accumulators; four
@@ -12,8 +12,18 @@
 //! over 8- or 16-lane partial sums, so results differ from a sequential sum only
 //! by rounding order. Past eight rows the products become bound by loading `x`
 //! and candle's `(w · xᵀ)ᵀ` is faster (see `linear`).
+//!
+//! bf16 and f16 weights are read as stored (half the bytes of f32, so half the
+//! time of a step bound by reading them) and widened to f32 a task's rows at a
+//! time into a buffer the kernels then read from the cache; `x` is widened once
+//! and the products are rounded once to the operands' dtype, as PyTorch's CPU
+//! half-precision products do (f32 sums). candle's own half-precision CPU matmul
+//! widens the whole weight on every call: a bf16 decode step took 18 times as long
+//! as an f32 one.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 /// Weight rows per task: enough work per task to amortize scheduling, and many
@@ -24,17 +34,19 @@ const ROWS_PER_TASK: usize = 32;
 pub const MAX_ROWS: usize = 8;
 
 /// Whether `matvec` serves `x` `[rows, in]` times `w` `[out, in]` faster than
-/// candle's matmul: f32 on the CPU, at most `MAX_ROWS` rows.
+/// candle's matmul: on the CPU, at most `MAX_ROWS` rows, both operands f32, bf16
+/// or f16 (the same).
 pub fn serves(x: &Tensor, w: &Tensor) -> bool {
     x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && w.dtype() == DType::F32
+        && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && w.dtype() == x.dtype()
         && x.rank() == 2
         && w.rank() == 2
         && x.dims()[0] <= MAX_ROWS
 }
 
-/// `x · wᵀ`: `x` `[rows, in]`, `w` `[out, in]`, both f32 on the CPU → `[rows, out]`.
+/// `x · wᵀ`: `x` `[rows, in]`, `w` `[out, in]`, on the CPU in one dtype (f32,
+/// bf16 or f16; sums in f32) → `[rows, out]`.
 pub fn matvec(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &MatVec)
 }
@@ -62,15 +74,108 @@ impl CustomOp2 for MatVec {
         else {
             candle_core::bail!("cpu matvec: operands must be contiguous");
         };
-        let x = &xs.as_slice::<f32>()?[x0..x1];
-        let w = &ws.as_slice::<f32>()?[w0..w1];
-        let out = products(x, w, rows, k);
-        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+        let out = match (xs, ws) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
+                CpuStorage::F32(products(&x[x0..x1], &w[w0..w1], rows, k))
+            }
+            (CpuStorage::BF16(x), CpuStorage::BF16(w)) => {
+                let y = products(&widened(&x[x0..x1]), &w[w0..w1], rows, k);
+                CpuStorage::BF16(y.iter().map(|&v| bf16::from_f32(v)).collect())
+            }
+            (CpuStorage::F16(x), CpuStorage::F16(w)) => {
+                let y = products(&widened(&x[x0..x1]), &w[w0..w1], rows, k);
+                CpuStorage::F16(y.iter().map(|&v| f16::from_f32(v)).collect())
+            }
+            _ => candle_core::bail!(
+                "cpu matvec: unsupported dtypes {:?} x {:?}",
+                xs.dtype(),
+                ws.dtype()
+            ),
+        };
+        Ok((out, Shape::from((rows, n))))
+    }
+}
+
+/// Half-precision values as f32.
+fn widened<H: HalfFloat>(v: &[H]) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    H::widen(v, &mut out);
+    out
+}
+
+/// Weights the kernels read: f32 as they are, half precision widened first.
+trait WeightRows: Sized + Sync {
+    /// `w` as f32, `buf` holding the widened copy where one is needed.
+    fn as_f32<'a>(w: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32];
+
+    /// The products of the one row `x` with every row of `w` (`out`), where a
+    /// kernel reads `w` as stored; `false` where none does.
+    fn one_row_as_stored(_w: &[Self], _x: &[f32], _out: &mut [f32]) -> bool {
+        false
+    }
+}
+
+impl WeightRows for f32 {
+    fn as_f32<'a>(w: &'a [Self], _: &'a mut Vec<f32>) -> &'a [f32] {
+        w
+    }
+}
+
+/// bf16 and f16, widened slice by slice.
+trait HalfFloat: Copy + Sync {
+    fn widen(src: &[Self], dst: &mut [f32]);
+
+    /// See `WeightRows::one_row_as_stored`.
+    fn one_row_as_stored(_w: &[Self], _x: &[f32], _out: &mut [f32]) -> bool {
+        false
+    }
+}
+
+impl HalfFloat for bf16 {
+    /// bf16 is the top half of an f32: a shift the compiler vectorizes (`half`'s
+    /// slice conversion goes value by value, slower than reading the weights).
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(u32::from(s.to_bits()) << 16);
+        }
+    }
+
+    /// One row of `x` against four bf16 weight rows at a time, widened in
+    /// registers (AVX2 and FMA): the weights cross memory once and are never
+    /// written back as f32.
+    fn one_row_as_stored(w: &[Self], x: &[f32], out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                avx2::bf16_rows(w, x, out);
+                return true;
+            }
+        }
+        let _ = (w, x, out);
+        false
+    }
+}
+
+impl HalfFloat for f16 {
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+}
+
+impl<H: HalfFloat> WeightRows for H {
+    fn as_f32<'a>(w: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        buf.resize(w.len(), 0.0);
+        H::widen(w, buf);
+        buf
+    }
+
+    fn one_row_as_stored(w: &[Self], x: &[f32], out: &mut [f32]) -> bool {
+        H::one_row_as_stored(w, x, out)
     }
 }
 
 /// `[rows, n]` row-major products of `x` `[rows, k]` with every row of `w` `[n, k]`.
-fn products(x: &[f32], w: &[f32], rows: usize, k: usize) -> Vec<f32> {
+fn products<W: WeightRows>(x: &[f32], w: &[W], rows: usize, k: usize) -> Vec<f32> {
     let n = w.len() / k.max(1);
     let mut by_weight = vec![0f32; n * rows];
     let kernels = kernels();
@@ -78,7 +183,11 @@ fn products(x: &[f32], w: &[f32], rows: usize, k: usize) -> Vec<f32> {
     by_weight
         .par_chunks_mut(ROWS_PER_TASK * rows)
         .zip(w.par_chunks(ROWS_PER_TASK * k))
-        .for_each(|(out, wrows)| {
+        .for_each_init(Vec::new, |buf, (out, wrows)| {
+            if rows == 1 && W::one_row_as_stored(wrows, xs[0], out) {
+                return;
+            }
+            let wrows = W::as_f32(wrows, buf);
             if rows == 1 {
                 weight_rows_products(&kernels, wrows, xs[0], out)
             } else {
@@ -343,6 +452,46 @@ mod avx2 {
         out
     }
 
+    /// Every bf16 row of `w` (rows of `x.len()`) against `x`, into `out`: four
+    /// weight rows at a time, each eight-value load widened in registers.
+    pub fn bf16_rows(w: &[half::bf16], x: &[f32], out: &mut [f32]) {
+        let len = x.len();
+        assert!(len > 0 && w.len() == out.len() * len);
+        let mut quads = w.chunks_exact(4 * len);
+        let mut outs = out.chunks_exact_mut(4);
+        for (q, o) in (&mut quads).zip(&mut outs) {
+            let rows: [&[half::bf16]; 4] = std::array::from_fn(|i| &q[i * len..(i + 1) * len]);
+            // SAFETY: `bf16_rows` is called only after AVX2 and FMA were
+            // detected; every row is `len` long.
+            o.copy_from_slice(&unsafe { bf16_group(x, rows) });
+        }
+        for (row, o) in quads.remainder().chunks(len).zip(outs.into_remainder()) {
+            *o = super::bf16_tail(row, x, 0);
+        }
+    }
+
+    /// `x` against four bf16 rows of its length.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn bf16_group(x: &[f32], w: [&[half::bf16]; 4]) -> [f32; 4] {
+        let full = x.len() / 8 * 8;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < full {
+            let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+            for r in 0..4 {
+                let raw = _mm_loadu_si128(w[r].as_ptr().add(i).cast());
+                let wv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+                acc[r] = _mm256_fmadd_ps(wv, xv, acc[r]);
+            }
+            i += 8;
+        }
+        let mut out = [0f32; 4];
+        for r in 0..4 {
+            out[r] = hsum(acc[r]) + super::bf16_tail(w[r], x, full);
+        }
+        out
+    }
+
     /// Rows of `x` per `pair` call: its eight accumulators, two weight vectors
     /// and one `x` vector in the sixteen AVX2 registers.
     pub const PAIR_ROWS: usize = 4;
@@ -447,6 +596,14 @@ fn dots<const R: usize, const FMA: bool>(w: &[f32], xs: [&[f32]; R]) -> [f32; R]
 
 /// The products' last `w.len() - from` terms.
 #[inline(always)]
+/// The product of a bf16 row and `x` from `from` on, one value at a time.
+fn bf16_tail(w: &[bf16], x: &[f32], from: usize) -> f32 {
+    w[from..]
+        .iter()
+        .zip(&x[from..])
+        .fold(0f32, |acc, (a, b)| acc + a.to_f32() * b)
+}
+
 fn tail<const FMA: bool>(w: &[f32], x: &[f32], from: usize) -> f32 {
     w[from..]
         .iter()
@@ -484,6 +641,44 @@ mod tests {
         ] {
             check(rows, n, k);
         }
+    }
+
+    /// Half-precision products: the f32 products of the same values, rounded once.
+    #[test]
+    fn half_precision_products_are_the_f32_ones_rounded() {
+        let dev = &Device::Cpu;
+        // One row (four weight rows at a time plus a remainder, lengths with a
+        // tail) and several rows (the widened pairs).
+        for (rows, n, k) in [
+            (1, 9, 20),
+            (1, 33, 31),
+            (1, 64, 256),
+            (3, 65, 100),
+            (8, 17, 1000),
+        ] {
+            for dtype in [DType::BF16, DType::F16] {
+                let x = Tensor::randn(0f32, 1.0, (rows, k), dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let w = Tensor::randn(0f32, 1.0, (n, k), dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                assert!(serves(&x, &w));
+                let got = matvec(&x, &w).unwrap();
+                assert_eq!(got.dtype(), dtype);
+                let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                let want = f32(&x).matmul(&f32(&w).t().unwrap()).unwrap();
+                let err = crate::ops::max_relative_error(&got, &want).unwrap();
+                assert!(err < 8e-3, "{dtype:?} {rows}x{k} · ({n}x{k})ᵀ: {err:e}");
+            }
+        }
+        let (x, w) = (
+            Tensor::zeros((1, 4), DType::BF16, dev).unwrap(),
+            Tensor::zeros((2, 4), DType::F32, dev).unwrap(),
+        );
+        assert!(!serves(&x, &w));
     }
 
     #[test]

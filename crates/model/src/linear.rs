@@ -7,7 +7,7 @@
 //! `(w · xᵀ)ᵀ`. On CUDA, products of up to eight rows can run as the `gemv`
 //! kernel where it measured faster than cuBLAS at load (`gemv_plan`).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::gemv_plan::GemvPlan;
@@ -59,13 +59,60 @@ impl Module for Linear {
     }
 }
 
+/// Weight rows widened to f32 at a time in `widened_blocks`: 2048 rows of 2560
+/// are 20 MiB of f32, products of a few thousand columns keep the matmul efficient.
+const WIDEN_ROWS: usize = 2048;
+
 /// `x · wᵀ` for `x` `[rows, in]` and `w` `[out, in]`.
 pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if crate::cpu_matvec::serves(x, w) {
         return crate::cpu_matvec::matvec(x, w);
     }
+    if x.device().is_cpu() && matches!(w.dtype(), DType::BF16 | DType::F16) {
+        return widened_blocks(x, w);
+    }
     if x.device().is_cpu() && x.dim(0)? <= FEW_ROWS {
         return w.matmul(&x.t()?)?.t()?.contiguous();
     }
     x.matmul(&w.t()?)
+}
+
+/// `x · wᵀ` on the CPU for half-precision operands, in f32 a block of weight rows
+/// at a time, rounded once: candle's CPU matmul widens both whole storages to f32
+/// on every call (for the tied embedding, all 262k rows), and has no
+/// half-precision kernel of its own.
+fn widened_blocks(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let xf = x.to_dtype(DType::F32)?;
+    let n = w.dim(0)?;
+    let blocks = (0..n)
+        .step_by(WIDEN_ROWS)
+        .map(|start| {
+            let rows = w.narrow(0, start, WIDEN_ROWS.min(n - start))?;
+            xf.matmul(&rows.to_dtype(DType::F32)?.t()?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&blocks, 1)?.to_dtype(x.dtype())
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    /// Half-precision products of many rows on the CPU, in blocks of weight rows
+    /// (here more than one block): the f32 products rounded once.
+    #[test]
+    fn half_precision_products_of_many_rows_go_by_blocks() -> Result<()> {
+        let dev = &Device::Cpu;
+        let (rows, n, k) = (12, WIDEN_ROWS + 5, 24);
+        let x = Tensor::randn(0f32, 1.0, (rows, k), dev)?.to_dtype(DType::BF16)?;
+        let w = Tensor::randn(0f32, 1.0, (n, k), dev)?.to_dtype(DType::BF16)?;
+        let got = matmul_wt(&x, &w)?;
+        assert_eq!((got.dims(), got.dtype()), (&[rows, n][..], DType::BF16));
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let want = f32(&x)?.matmul(&f32(&w)?.t()?)?;
+        assert!(crate::ops::max_relative_error(&got, &want)? < 8e-3);
+        Ok(())
+    }
 }
