@@ -13,10 +13,12 @@
 //! by rounding order. Past eight rows the products become bound by loading `x`
 //! and candle's `(w · xᵀ)ᵀ` is faster (see `linear`).
 //!
-//! bf16 and f16 weights are read as stored (half the bytes of f32, so half the
-//! time of a step bound by reading them) and widened to f32 a task's rows at a
-//! time into a buffer the kernels then read from the cache; `x` is widened once
-//! and the products are rounded once to the operands' dtype, as PyTorch's CPU
+//! bf16 and f16 weights are read as stored (half the bytes of f32, so less time
+//! in a step bound by reading them). bf16 rows are widened in registers: one row
+//! of `x` against four weight rows (AVX2), more rows by the AVX-512 pair kernel.
+//! Elsewhere (f16, CPUs without those) a task's weight rows are widened into a
+//! buffer the f32 kernels then read from the cache. `x` is widened once and the
+//! products are rounded once to the operands' dtype, as PyTorch's CPU
 //! half-precision products do (f32 sums). candle's own half-precision CPU matmul
 //! widens the whole weight on every call: a bf16 decode step took 18 times as long
 //! as an f32 one.
@@ -113,6 +115,12 @@ trait WeightRows: Sized + Sync {
     fn one_row_as_stored(_w: &[Self], _x: &[f32], _out: &mut [f32]) -> bool {
         false
     }
+
+    /// The products of the rows `xs` with every row of `w` (`out`: `[weight
+    /// rows, rows]`), where a kernel reads `w` as stored; `false` where none does.
+    fn rows_as_stored(_w: &[Self], _xs: &[&[f32]], _out: &mut [f32]) -> bool {
+        false
+    }
 }
 
 impl WeightRows for f32 {
@@ -127,6 +135,11 @@ trait HalfFloat: Copy + Sync {
 
     /// See `WeightRows::one_row_as_stored`.
     fn one_row_as_stored(_w: &[Self], _x: &[f32], _out: &mut [f32]) -> bool {
+        false
+    }
+
+    /// See `WeightRows::rows_as_stored`.
+    fn rows_as_stored(_w: &[Self], _xs: &[&[f32]], _out: &mut [f32]) -> bool {
         false
     }
 }
@@ -154,6 +167,24 @@ impl HalfFloat for bf16 {
         let _ = (w, x, out);
         false
     }
+
+    /// Two bf16 weight rows at a time against up to eight rows of `x`, widened
+    /// in registers (AVX-512).
+    fn rows_as_stored(w: &[Self], xs: &[&[f32]], out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                let pair = Pair {
+                    kernel: avx512::pair_bf16,
+                    rows: PAIR_X_ROWS,
+                };
+                weight_pairs_products(pair, w, xs, out);
+                return true;
+            }
+        }
+        let _ = (w, xs, out);
+        false
+    }
 }
 
 impl HalfFloat for f16 {
@@ -172,6 +203,10 @@ impl<H: HalfFloat> WeightRows for H {
     fn one_row_as_stored(w: &[Self], x: &[f32], out: &mut [f32]) -> bool {
         H::one_row_as_stored(w, x, out)
     }
+
+    fn rows_as_stored(w: &[Self], xs: &[&[f32]], out: &mut [f32]) -> bool {
+        H::rows_as_stored(w, xs, out)
+    }
 }
 
 /// `[rows, n]` row-major products of `x` `[rows, k]` with every row of `w` `[n, k]`.
@@ -187,11 +222,18 @@ fn products<W: WeightRows>(x: &[f32], w: &[W], rows: usize, k: usize) -> Vec<f32
             if rows == 1 && W::one_row_as_stored(wrows, xs[0], out) {
                 return;
             }
+            if rows > 1 && W::rows_as_stored(wrows, &xs, out) {
+                return;
+            }
             let wrows = W::as_f32(wrows, buf);
             if rows == 1 {
                 weight_rows_products(&kernels, wrows, xs[0], out)
             } else {
-                weight_pairs_products(&kernels, wrows, &xs, out)
+                let pair = Pair {
+                    kernel: kernels.pair,
+                    rows: kernels.pair_rows,
+                };
+                weight_pairs_products(pair, wrows, &xs, out)
             }
         });
     if rows == 1 {
@@ -226,38 +268,52 @@ fn weight_rows_products(k: &Kernels, w: &[f32], x: &[f32], out: &mut [f32]) {
 /// rows]`), two weight rows at a time against four rows of `x` at a time: each
 /// loaded weight vector serves four products and each loaded `x` vector two, and
 /// the pair is read from memory once and from the L1 cache for the other rows.
-fn weight_pairs_products(k: &Kernels, w: &[f32], xs: &[&[f32]], out: &mut [f32]) {
+fn weight_pairs_products<W>(pair: Pair<W>, w: &[W], xs: &[&[f32]], out: &mut [f32]) {
     let (len, rows) = (xs[0].len(), xs.len());
     let mut pairs = w.chunks_exact(2 * len);
     let mut outs = out.chunks_exact_mut(2 * rows);
     for (p, o) in (&mut pairs).zip(&mut outs) {
         let (o0, o1) = o.split_at_mut(rows);
-        pair_products(k, [&p[..len], &p[len..]], xs, [o0, o1]);
+        pair_products(pair, [&p[..len], &p[len..]], xs, [o0, o1]);
     }
     let (last, o) = (pairs.remainder(), outs.into_remainder());
     if !last.is_empty() {
         let mut spare = vec![0f32; rows];
-        pair_products(k, [last, last], xs, [o, &mut spare]);
+        pair_products(pair, [last, last], xs, [o, &mut spare]);
     }
 }
 
 /// The two weight rows `w` against every row of `xs`, into `out[0]` and `out[1]`.
-fn pair_products(k: &Kernels, w: [&[f32]; 2], xs: &[&[f32]], out: [&mut [f32]; 2]) {
+fn pair_products<W>(pair: Pair<W>, w: [&[W]; 2], xs: &[&[f32]], out: [&mut [f32]; 2]) {
     let [o0, o1] = out;
-    let n = k.pair_rows;
+    let n = pair.rows;
     for ((chunk, c0), c1) in xs.chunks(n).zip(o0.chunks_mut(n)).zip(o1.chunks_mut(n)) {
-        let r = (k.pair)(w, chunk);
+        let r = (pair.kernel)(w, chunk);
         c0.copy_from_slice(&r[0][..chunk.len()]);
         c1.copy_from_slice(&r[1][..chunk.len()]);
     }
 }
+
+/// A pair kernel over weights of `W`, with the rows of `x` it takes at most.
+struct Pair<W> {
+    kernel: PairProducts<W>,
+    rows: usize,
+}
+
+impl<W> Clone for Pair<W> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<W> Copy for Pair<W> {}
 
 /// Rows of `x` one call of a pair kernel takes at most.
 const PAIR_X_ROWS: usize = 8;
 
 /// Products of two weight rows with up to `PAIR_X_ROWS` rows of `x`:
 /// `[weight row][x row]`, the entries past `xs.len()` zero.
-type PairProducts = fn([&[f32]; 2], &[&[f32]]) -> [[f32; PAIR_X_ROWS]; 2];
+type PairProducts<W = f32> = fn([&[W]; 2], &[&[f32]]) -> [[f32; PAIR_X_ROWS]; 2];
 
 /// Dot products of one weight row with one or four rows of `x` (each loaded
 /// weight vector serves them all), and of two weight rows with up to four rows.
@@ -333,6 +389,7 @@ fn pair_portable(w: [&[f32]; 2], xs: &[&[f32]]) -> [[f32; PAIR_X_ROWS]; 2] {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::PAIR_X_ROWS;
+    use half::bf16;
     use std::arch::x86_64::*;
 
     /// Floats ahead of use at which weights are prefetched.
@@ -344,13 +401,74 @@ mod avx512 {
         assert!((1..=PAIR_X_ROWS).contains(&xs.len()));
         // SAFETY: only chosen by `kernels` after AVX-512F was detected; the loads
         // below stay within `len` elements of each row (the last one masked).
-        unsafe { super::by_rows!(block, w, xs) }
+        unsafe { super::by_rows!(block_f32, w, xs) }
     }
 
-    /// Two weight rows against `R` rows of `x`, sixteen floats a step; the last
-    /// step's loads masked to the rows' end.
+    /// `pair` for bf16 weight rows.
+    pub fn pair_bf16(w: [&[bf16]; 2], xs: &[&[f32]]) -> [[f32; PAIR_X_ROWS]; 2] {
+        let len = w[0].len();
+        assert!(w[1].len() == len && xs.iter().all(|x| x.len() >= len));
+        assert!((1..=PAIR_X_ROWS).contains(&xs.len()));
+        // SAFETY: only chosen after AVX-512F was detected; as `pair`.
+        unsafe { super::by_rows!(block_bf16, w, xs) }
+    }
+
     #[target_feature(enable = "avx512f")]
-    unsafe fn block<const R: usize>(w: [&[f32]; 2], xs: [&[f32]; R]) -> [[f32; PAIR_X_ROWS]; 2] {
+    unsafe fn block_f32<const R: usize>(
+        w: [&[f32]; 2],
+        xs: [&[f32]; R],
+    ) -> [[f32; PAIR_X_ROWS]; 2] {
+        block::<f32, R>(w, xs)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block_bf16<const R: usize>(
+        w: [&[bf16]; 2],
+        xs: [&[f32]; R],
+    ) -> [[f32; PAIR_X_ROWS]; 2] {
+        block::<bf16, R>(w, xs)
+    }
+
+    /// Sixteen weights as f32 in a register.
+    trait Weights16: Copy {
+        /// The sixteen at `p`.
+        unsafe fn load(p: *const Self) -> __m512;
+        /// The first `n` (< 16) at `p`, zeros after.
+        unsafe fn load_first(p: *const Self, n: usize) -> __m512;
+    }
+
+    impl Weights16 for f32 {
+        #[inline(always)]
+        unsafe fn load(p: *const Self) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn load_first(p: *const Self, n: usize) -> __m512 {
+            _mm512_maskz_loadu_ps((1u16 << n) - 1, p)
+        }
+    }
+
+    impl Weights16 for bf16 {
+        #[inline(always)]
+        unsafe fn load(p: *const Self) -> __m512 {
+            let raw = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
+            _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16))
+        }
+        #[inline(always)]
+        unsafe fn load_first(p: *const Self, n: usize) -> __m512 {
+            let mut spare = [bf16::ZERO; 16];
+            std::ptr::copy_nonoverlapping(p, spare.as_mut_ptr(), n);
+            Self::load(spare.as_ptr())
+        }
+    }
+
+    /// Two weight rows against `R` rows of `x`, sixteen values a step; the last
+    /// step's loads cut to the rows' end.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block<W: Weights16, const R: usize>(
+        w: [&[W]; 2],
+        xs: [&[f32]; R],
+    ) -> [[f32; PAIR_X_ROWS]; 2] {
         let len = w[0].len();
         let full = len / 16 * 16;
         let (w0, w1) = (w[0].as_ptr(), w[1].as_ptr());
@@ -366,8 +484,8 @@ mod avx512 {
             // row's end lies the next weight row, which comes next anyway).
             _mm_prefetch::<_MM_HINT_T0>(w0.wrapping_add(i + PREFETCH_AHEAD).cast());
             _mm_prefetch::<_MM_HINT_T0>(w1.wrapping_add(i + PREFETCH_AHEAD).cast());
-            let v0 = _mm512_loadu_ps(w0.add(i));
-            let v1 = _mm512_loadu_ps(w1.add(i));
+            let v0 = W::load(w0.add(i));
+            let v1 = W::load(w1.add(i));
             for r in 0..R {
                 let xv = _mm512_loadu_ps(xp[r].add(i));
                 a0[r] = _mm512_fmadd_ps(v0, xv, a0[r]);
@@ -376,9 +494,10 @@ mod avx512 {
             i += 16;
         }
         if full < len {
-            let m: __mmask16 = (1u16 << (len - full)) - 1;
-            let v0 = _mm512_maskz_loadu_ps(m, w0.add(full));
-            let v1 = _mm512_maskz_loadu_ps(m, w1.add(full));
+            let n = len - full;
+            let m: __mmask16 = (1u16 << n) - 1;
+            let v0 = W::load_first(w0.add(full), n);
+            let v1 = W::load_first(w1.add(full), n);
             for r in 0..R {
                 let xv = _mm512_maskz_loadu_ps(m, xp[r].add(full));
                 a0[r] = _mm512_fmadd_ps(v0, xv, a0[r]);
