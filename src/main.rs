@@ -61,11 +61,11 @@ fn main() -> std::process::ExitCode {
 /// `RAYON_NUM_THREADS` holds one, counts physical cores by parsing /proc/cpuinfo
 /// each time: about a tenth of a small model's decode step on the CPU. Counting
 /// once here, before any thread starts, and setting the variable keeps the same
-/// count (and the operator's, where set) at no cost per product.
+/// count (and the operator's, where candle would read it) at no cost per product.
 fn count_cpu_threads_once() {
     let set = std::env::var("RAYON_NUM_THREADS")
         .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
+        .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|n| n > 0);
     if !set {
         let n = medgemma_model::cpu_thread_count();
