@@ -39,12 +39,17 @@ pub const MAX_ROWS: usize = 8;
 /// candle's matmul: on the CPU, at most `MAX_ROWS` rows, both operands f32, bf16
 /// or f16 (the same).
 pub fn serves(x: &Tensor, w: &Tensor) -> bool {
+    takes(x, w) && x.dims()[0] <= MAX_ROWS
+}
+
+/// Whether `matvec` takes these operands at all (any number of rows): on the
+/// CPU, matrices of one dtype, f32, bf16 or f16.
+pub fn takes(x: &Tensor, w: &Tensor) -> bool {
     x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
         && w.dtype() == x.dtype()
         && x.rank() == 2
         && w.rank() == 2
-        && x.dims()[0] <= MAX_ROWS
 }
 
 /// `x · wᵀ`: `x` `[rows, in]`, `w` `[out, in]`, on the CPU in one dtype (f32,
