@@ -137,16 +137,6 @@ impl WeightRows for f32 {
 /// bf16 and f16, widened slice by slice.
 trait HalfFloat: Copy + Sync {
     fn widen(src: &[Self], dst: &mut [f32]);
-
-    /// See `WeightRows::one_row_as_stored`.
-    fn one_row_as_stored(_w: &[Self], _x: &[f32], _out: &mut [f32]) -> bool {
-        false
-    }
-
-    /// See `WeightRows::rows_as_stored`.
-    fn rows_as_stored(_w: &[Self], _xs: &[&[f32]], _out: &mut [f32]) -> bool {
-        false
-    }
 }
 
 impl HalfFloat for bf16 {
@@ -156,6 +146,25 @@ impl HalfFloat for bf16 {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = f32::from_bits(u32::from(s.to_bits()) << 16);
         }
+    }
+}
+
+impl HalfFloat for f16 {
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+}
+
+/// `w` widened into `buf`.
+fn widened_into<'a, H: HalfFloat>(w: &[H], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    buf.resize(w.len(), 0.0);
+    H::widen(w, buf);
+    buf
+}
+
+impl WeightRows for bf16 {
+    fn as_f32<'a>(w: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        widened_into(w, buf)
     }
 
     /// One row of `x` against four bf16 weight rows at a time, widened in
@@ -192,25 +201,9 @@ impl HalfFloat for bf16 {
     }
 }
 
-impl HalfFloat for f16 {
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst)
-    }
-}
-
-impl<H: HalfFloat> WeightRows for H {
+impl WeightRows for f16 {
     fn as_f32<'a>(w: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32] {
-        buf.resize(w.len(), 0.0);
-        H::widen(w, buf);
-        buf
-    }
-
-    fn one_row_as_stored(w: &[Self], x: &[f32], out: &mut [f32]) -> bool {
-        H::one_row_as_stored(w, x, out)
-    }
-
-    fn rows_as_stored(w: &[Self], xs: &[&[f32]], out: &mut [f32]) -> bool {
-        H::rows_as_stored(w, xs, out)
+        widened_into(w, buf)
     }
 }
 
