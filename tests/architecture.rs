@@ -70,4 +70,12 @@ fn dependencies_point_one_way() {
     );
     assert_free_of("medgemma-preprocess", &[&engine[..], &web[..]].concat());
     assert_free_of("medgemma-protocol", &[&engine[..], &web[..]].concat());
+    // The kernel emulator is for tests only, and stands alone.
+    for package in ["medgemma-server", "medgemma-model", "medgemma-http"] {
+        assert_free_of(package, &["medgemma-kernel-emu"]);
+    }
+    assert_free_of(
+        "medgemma-kernel-emu",
+        &[&engine[..], &web[..], &["medgemma-core"]].concat(),
+    );
 }

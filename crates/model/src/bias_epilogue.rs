@@ -15,6 +15,8 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use crate::launch::{dtype_suffix, Launch};
+
 /// `gelu_tanh(x + bias)`: `x` `[rows, cols]`, `bias` `[cols]`.
 pub fn gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     epilogue(x, bias, x, Mode::Gelu)
@@ -55,6 +57,85 @@ pub struct Heads {
 enum Mode {
     Gelu = 0,
     Residual = 1,
+}
+
+/// `bias_epilogue_*`'s `(vecs, row_vecs, res_vecs, mode)`.
+type EpilogueScalars = (usize, i32, usize, i32);
+/// `qkv_heads_*`'s `(vecs, patches, heads, head_dim, scale)`.
+type QkvScalars = (usize, i32, i32, i32, f32);
+
+/// Threads a block of the grid-stride kernels.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const THREADS: u32 = 256;
+
+/// A grid-stride launch of `kernel` over `vecs` 16-byte vectors.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn grid_stride<S>(kernel: String, vecs: usize, scalars: S) -> Launch<S> {
+    let blocks = vecs.div_ceil(THREADS as usize).clamp(1, 65_535) as u32;
+    Launch {
+        kernel,
+        grid: (blocks, 1, 1),
+        block: (THREADS, 1, 1),
+        scalars,
+    }
+}
+
+/// `(rows, cols)` of `x` when `bias` is `[cols]` and cols a whole number of 16-byte
+/// vectors of `dtype`, with the vector's length.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn rows_cols(dtype: DType, x: &[usize], bias: &[usize]) -> Result<(usize, usize, usize)> {
+    let per_vector = 16 / dtype.size_in_bytes().max(1);
+    match (x, bias) {
+        (&[rows, cols], &[b]) if b == cols && cols.is_multiple_of(per_vector) => {
+            Ok((rows, cols, per_vector))
+        }
+        _ => candle_core::bail!("bias epilogue: {x:?} with bias {bias:?}"),
+    }
+}
+
+/// The launch of `bias_epilogue_*` on `x` `[rows, cols]`, `bias` `[cols]` and `res`
+/// `[res_rows, cols]`, `res_rows` dividing `rows`; scalars `(vecs, row_vecs,
+/// res_vecs, mode)`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn epilogue_launch(
+    dtype: DType,
+    x: &[usize],
+    bias: &[usize],
+    res: &[usize],
+    mode: Mode,
+) -> Result<Launch<EpilogueScalars>> {
+    let (rows, cols, per_vector) = rows_cols(dtype, x, bias)?;
+    let res_rows = match *res {
+        [r, c] if c == cols && (r == rows || (r > 0 && rows.is_multiple_of(r))) => r,
+        _ => candle_core::bail!("bias epilogue: residual {res:?} for {x:?}"),
+    };
+    let row_vecs = cols / per_vector;
+    let scalars = (
+        rows * row_vecs,
+        row_vecs as i32,
+        res_rows * row_vecs,
+        mode as i32,
+    );
+    let kernel = format!("bias_epilogue_{}", dtype_suffix(dtype)?);
+    Ok(grid_stride(kernel, rows * row_vecs, scalars))
+}
+
+/// The launch of `qkv_heads_*` on `x` `[rows, 3 * heads * head_dim]` and its bias;
+/// scalars `(vecs, patches, heads, head_dim, scale)`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn qkv_launch(dtype: DType, x: &[usize], bias: &[usize], h: Heads) -> Result<Launch<QkvScalars>> {
+    let (rows, cols, per_vector) = rows_cols(dtype, x, bias)?;
+    let fits = cols == 3 * h.heads * h.head_dim
+        && h.head_dim.is_multiple_of(per_vector)
+        && h.patches > 0
+        && rows.is_multiple_of(h.patches);
+    if !fits {
+        candle_core::bail!("q/k/v heads: [{rows}, {cols}] does not split as {h:?}");
+    }
+    let vecs = rows * cols / per_vector;
+    let (p, n, d) = (h.patches as i32, h.heads as i32, h.head_dim as i32);
+    let kernel = format!("qkv_heads_{}", dtype_suffix(dtype)?);
+    Ok(grid_stride(kernel, vecs, (vecs, p, n, d, h.scale as f32)))
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
@@ -210,85 +291,45 @@ pub mod reference {
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{
-        CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape,
+        CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, WithDType,
     };
     use half::{bf16, f16};
 
     use super::{Heads, Mode};
+    use crate::launch::Scalars;
     use crate::paged_decode::cuda_view;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/bias_epilogue.ptx"));
-    const THREADS: u32 = 256;
-
-    /// A grid-stride launch over `vecs` 16-byte vectors.
-    fn launch_config(vecs: usize) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: ((vecs as u32).div_ceil(THREADS).clamp(1, 65_535), 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        }
-    }
-
-    /// `[rows, cols]` of `l` where cols is the bias's width and a whole number of
-    /// vectors of `T`.
-    fn rows_cols<T>(l: &Layout, bias: &Layout) -> Result<(usize, usize)> {
-        let (rows, cols) = l.shape().dims2()?;
-        let per_vector = 16 / std::mem::size_of::<T>();
-        if bias.shape().dims() != [cols] || !cols.is_multiple_of(per_vector) {
-            candle_core::bail!(
-                "bias epilogue: [{rows}, {cols}] with bias {:?}",
-                bias.shape()
-            );
-        }
-        Ok((rows, cols))
-    }
 
     pub struct Epilogue(pub Mode);
 
     impl Epilogue {
-        fn launch<T: CudaDType + DeviceRepr>(
+        fn launch<T: CudaDType + DeviceRepr + WithDType>(
             &self,
-            kind: &str,
             x: (&CudaStorage, &Layout),
             bias: (&CudaStorage, &Layout),
             res: (&CudaStorage, &Layout),
         ) -> Result<(CudaStorage, Shape)> {
-            let (rows, cols) = rows_cols::<T>(x.1, bias.1)?;
-            if res.1.shape() != x.1.shape() {
-                candle_core::bail!(
-                    "bias epilogue: residual {:?} for {:?}",
-                    res.1.shape(),
-                    x.1.shape()
-                );
-            }
+            let dims = |l: &Layout| l.shape().dims().to_vec();
+            let (xd, bd, rd) = (dims(x.1), dims(bias.1), dims(res.1));
+            let plan = super::epilogue_launch(T::DTYPE, &xd, &bd, &rd, self.0)?;
             let dev = x.0.device.clone();
-            let per_vector = 16 / std::mem::size_of::<T>();
-            let vecs = rows * cols / per_vector;
-            let out = unsafe { dev.alloc::<T>(rows * cols)? };
-            let name = format!("bias_epilogue_{kind}");
-            let func = dev.get_or_load_custom_func(&name, "medgemma_bias_epilogue", PTX)?;
+            let n = x.1.shape().elem_count();
+            let out = unsafe { dev.alloc::<T>(n)? };
+            let func = dev.get_or_load_custom_func(&plan.kernel, "medgemma_bias_epilogue", PTX)?;
             let (xs, bs, rs) = (
                 cuda_view::<T>(x)?,
                 cuda_view::<T>(bias)?,
                 cuda_view::<T>(res)?,
             );
-            let (row_vecs, mode) = ((cols / per_vector) as i32, self.0 as i32);
             let mut b = func.builder();
-            b.arg(&xs)
-                .arg(&bs)
-                .arg(&rs)
-                .arg(&out)
-                .arg(&vecs)
-                .arg(&row_vecs)
-                .arg(&mode);
-            unsafe { b.launch(launch_config(vecs)) }.w()?;
-            Ok((
-                CudaStorage::wrap_cuda_slice(out, dev),
-                Shape::from((rows, cols)),
-            ))
+            b.arg(&xs).arg(&bs).arg(&rs).arg(&out);
+            plan.scalars.push(&mut b);
+            unsafe { b.launch(plan.config()) }.w()?;
+            Ok((CudaStorage::wrap_cuda_slice(out, dev), x.1.shape().clone()))
         }
     }
 
@@ -319,9 +360,9 @@ mod cuda {
             rl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
             match x.dtype() {
-                DType::BF16 => self.launch::<bf16>("bf16", (x, xl), (b, bl), (r, rl)),
-                DType::F16 => self.launch::<f16>("f16", (x, xl), (b, bl), (r, rl)),
-                DType::F32 => self.launch::<f32>("f32", (x, xl), (b, bl), (r, rl)),
+                DType::BF16 => self.launch::<bf16>((x, xl), (b, bl), (r, rl)),
+                DType::F16 => self.launch::<f16>((x, xl), (b, bl), (r, rl)),
+                DType::F32 => self.launch::<f32>((x, xl), (b, bl), (r, rl)),
                 other => candle_core::bail!("bias epilogue: unsupported dtype {other:?}"),
             }
         }
@@ -330,34 +371,23 @@ mod cuda {
     pub struct QkvHeads(pub Heads);
 
     impl QkvHeads {
-        fn launch<T: CudaDType + DeviceRepr>(
+        fn launch<T: CudaDType + DeviceRepr + WithDType>(
             &self,
-            kind: &str,
             x: (&CudaStorage, &Layout),
             bias: (&CudaStorage, &Layout),
         ) -> Result<(CudaStorage, Shape)> {
             let h = self.0;
-            let (rows, cols) = rows_cols::<T>(x.1, bias.1)?;
-            let per_vector = 16 / std::mem::size_of::<T>();
-            let fits = cols == 3 * h.heads * h.head_dim
-                && h.head_dim.is_multiple_of(per_vector)
-                && h.patches > 0
-                && rows.is_multiple_of(h.patches);
-            if !fits {
-                candle_core::bail!("q/k/v heads: [{rows}, {cols}] does not split as {h:?}");
-            }
+            let (xd, bd) = (x.1.shape().dims(), bias.1.shape().dims());
+            let plan = super::qkv_launch(T::DTYPE, xd, bd, h)?;
             let dev = x.0.device.clone();
-            let vecs = rows * cols / per_vector;
-            let out = unsafe { dev.alloc::<T>(rows * cols)? };
-            let name = format!("qkv_heads_{kind}");
-            let func = dev.get_or_load_custom_func(&name, "medgemma_bias_epilogue", PTX)?;
+            let rows = xd[0];
+            let out = unsafe { dev.alloc::<T>(x.1.shape().elem_count())? };
+            let func = dev.get_or_load_custom_func(&plan.kernel, "medgemma_bias_epilogue", PTX)?;
             let (xs, bs) = (cuda_view::<T>(x)?, cuda_view::<T>(bias)?);
-            let (p, n, d) = (h.patches as i32, h.heads as i32, h.head_dim as i32);
-            let scale = h.scale as f32;
             let mut b = func.builder();
-            b.arg(&xs).arg(&bs).arg(&out).arg(&vecs);
-            b.arg(&p).arg(&n).arg(&d).arg(&scale);
-            unsafe { b.launch(launch_config(vecs)) }.w()?;
+            b.arg(&xs).arg(&bs).arg(&out);
+            plan.scalars.push(&mut b);
+            unsafe { b.launch(plan.config()) }.w()?;
             let shape = (3, rows / h.patches, h.heads, h.patches, h.head_dim);
             Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(shape)))
         }
@@ -386,9 +416,9 @@ mod cuda {
             bl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
             match x.dtype() {
-                DType::BF16 => self.launch::<bf16>("bf16", (x, xl), (b, bl)),
-                DType::F16 => self.launch::<f16>("f16", (x, xl), (b, bl)),
-                DType::F32 => self.launch::<f32>("f32", (x, xl), (b, bl)),
+                DType::BF16 => self.launch::<bf16>((x, xl), (b, bl)),
+                DType::F16 => self.launch::<f16>((x, xl), (b, bl)),
+                DType::F32 => self.launch::<f32>((x, xl), (b, bl)),
                 other => candle_core::bail!("q/k/v heads: unsupported dtype {other:?}"),
             }
         }
@@ -400,6 +430,7 @@ mod tests {
     use candle_core::{IndexOp, D};
 
     use super::*;
+    use crate::emulated::Dev;
 
     fn rand(shape: &[usize]) -> Result<Tensor> {
         Tensor::randn(0f32, 1.0, shape, &Device::Cpu)
@@ -431,6 +462,98 @@ mod tests {
             assert!(diff < 1e-6, "part {i}: {diff}");
         }
         Ok(())
+    }
+
+    /// `x`, `bias` and `res` through `plan` on the kernel emulator, as many blocks as
+    /// it says or `blocks`.
+    fn emulated<S: crate::launch::Scalars>(
+        mut plan: Launch<S>,
+        blocks: Option<u32>,
+        inputs: &[&Tensor],
+    ) -> Result<Dev> {
+        if let Some(b) = blocks {
+            plan.grid.0 = b;
+        }
+        let out = Dev::zeros(inputs[0].dtype(), inputs[0].elem_count())?;
+        let mut buffers = inputs
+            .iter()
+            .map(|t| Dev::of(t))
+            .collect::<Result<Vec<_>>>()?;
+        buffers.push(out);
+        crate::emulated::run(&plan, &buffers.iter().collect::<Vec<_>>())?;
+        Ok(buffers.pop().expect("the output"))
+    }
+
+    #[test]
+    fn the_kernels_with_their_launches_match_the_reference_when_emulated() -> Result<()> {
+        let err = crate::ops::max_relative_error;
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let tol = crate::ops::fused_tolerance(dtype);
+            let t = |shape: &[usize], std: f32| {
+                Tensor::randn(0f32, std, shape, &Device::Cpu)?.to_dtype(dtype)
+            };
+            let (rows, cols) = (40, 136);
+            let (x, b) = (t(&[rows, cols], 2.0)?, t(&[cols], 1.0)?);
+            // The plan's grid, and a single block striding over everything.
+            for blocks in [None, Some(1)] {
+                let plan = epilogue_launch(dtype, x.dims(), b.dims(), x.dims(), Mode::Gelu)?;
+                let got = emulated(plan, blocks, &[&x, &b, &x])?.tensor((rows, cols))?;
+                let e = err(&got, &reference::gelu(&x, &b)?)?;
+                assert!(e <= tol, "gelu {dtype:?}: {e}");
+                for res_rows in [rows, rows / 4] {
+                    let r = t(&[res_rows, cols], 3.0)?;
+                    let plan =
+                        epilogue_launch(dtype, x.dims(), b.dims(), r.dims(), Mode::Residual)?;
+                    let got = emulated(plan, blocks, &[&x, &b, &r])?.tensor((rows, cols))?;
+                    let e = err(&got, &reference::residual(&x, &b, &r)?)?;
+                    assert!(e <= tol, "residual of {res_rows} rows, {dtype:?}: {e}");
+                }
+            }
+            let h = Heads {
+                patches: 20,
+                heads: 4,
+                head_dim: 16,
+                scale: 0.25,
+            };
+            let (x, b) = (t(&[40, 3 * 64], 2.0)?, t(&[3 * 64], 1.0)?);
+            let plan = qkv_launch(dtype, x.dims(), b.dims(), h)?;
+            let got = emulated(plan, None, &[&x, &b])?.tensor((3, 2, 4, 20, 16))?;
+            let want = reference::qkv_heads(&x, &b, h)?;
+            for (i, w) in [want.0, want.1, want.2].iter().enumerate() {
+                let e = err(&got.get(i)?, w)?;
+                assert!(e <= tol, "q/k/v part {i}, {dtype:?}: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn launches_refuse_what_the_kernels_cannot_take() {
+        let bf = DType::BF16;
+        assert!(epilogue_launch(bf, &[4, 12], &[12], &[4, 12], Mode::Gelu).is_err());
+        assert!(epilogue_launch(bf, &[4, 16], &[8], &[4, 16], Mode::Gelu).is_err());
+        assert!(epilogue_launch(bf, &[6, 16], &[16], &[4, 16], Mode::Residual).is_err());
+        assert!(epilogue_launch(bf, &[6, 16], &[16], &[3, 16], Mode::Residual).is_ok());
+        assert!(epilogue_launch(DType::U8, &[6, 16], &[16], &[6, 16], Mode::Gelu).is_err());
+        let h = Heads {
+            patches: 5,
+            heads: 2,
+            head_dim: 8,
+            scale: 1.0,
+        };
+        assert!(qkv_launch(bf, &[10, 48], &[48], h).is_ok());
+        assert!(qkv_launch(bf, &[12, 48], &[48], h).is_err());
+        assert!(qkv_launch(
+            DType::F32,
+            &[10, 48],
+            &[48],
+            Heads {
+                head_dim: 6,
+                heads: 4,
+                ..h
+            }
+        )
+        .is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub mod cpu_matvec;
 pub mod cpu_softmax;
 pub mod decode_graph;
 pub mod device;
+#[cfg(test)]
+mod emulated;
 pub mod encoder_cache;
 pub mod error;
 pub mod executor;
@@ -26,6 +28,7 @@ pub mod hub;
 pub mod image_plan;
 pub mod kv;
 pub mod kv_budget;
+pub mod launch;
 pub mod linear;
 pub mod mask;
 pub mod mlp;

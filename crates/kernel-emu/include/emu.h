@@ -1,0 +1,141 @@
+// The CUDA device API our kernels use, on the host, so that kernels/*.cu compile with
+// the C++ compiler and run on the CPU in tests (force-included before each kernel
+// source; see runtime.cpp for the scheduler).
+//
+// Each CUDA thread of a block is a fiber on the calling OS thread; blocks run one
+// after another. __syncthreads and the warp shuffles are barriers the fibers wait at
+// (a thread that returned counts as arrived, as on the GPU), and a barrier that can
+// never be met is reported as a deadlock instead of hanging. __shared__ variables are
+// per OS thread, so tests may launch from several threads at once.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+using std::isinf;
+using std::isnan;
+
+#ifdef EMU_SCAN
+// Preprocessing pass of build.rs: leaves a mark where each kernel is defined.
+#define __global__ EMU_KERNEL_MARK
+#else
+#define __global__
+#endif
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static thread_local
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+
+struct dim3 {
+  unsigned x, y, z;
+};
+struct float2 {
+  float x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+
+namespace emu {
+// Where the running fiber is.
+struct Place {
+  dim3 thread, block, block_dim, grid_dim;
+};
+extern thread_local Place place;
+// Waits until every live thread of the block (warp = -1) or of the thread's warp has
+// arrived.
+void barrier(int warp);
+// This thread's slot for exchanging a warp value, and lane `lane`'s slot (nullptr if
+// that lane does not exist).
+uint64_t *lane_slot(unsigned lane);
+unsigned linear_thread();
+}  // namespace emu
+
+#define threadIdx (emu::place.thread)
+#define blockIdx (emu::place.block)
+#define blockDim (emu::place.block_dim)
+#define gridDim (emu::place.grid_dim)
+
+inline void __syncthreads() { emu::barrier(-1); }
+
+template <typename T> inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "shuffled values are at most 8 bytes");
+  const unsigned me = emu::linear_thread(), lane = me % 32;
+  std::memcpy(emu::lane_slot(lane), &v, sizeof(T));
+  emu::barrier(int(me / 32));
+  const unsigned src = lane ^ unsigned(lane_mask);
+  T out = v;
+  const uint64_t *s = emu::lane_slot(src);
+  if (s != nullptr && src / unsigned(width) == lane / unsigned(width)) std::memcpy(&out, s, sizeof(T));
+  emu::barrier(int(me / 32));
+  return out;
+}
+
+template <typename T> inline T __ldcs(const T *p) { return *p; }
+template <typename T> inline T __ldg(const T *p) { return *p; }
+template <typename T> inline void __stcs(T *p, T v) { *p = v; }
+
+inline float __uint_as_float(unsigned v) {
+  float f;
+  std::memcpy(&f, &v, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned v;
+  std::memcpy(&v, &f, 4);
+  return v;
+}
+inline float __int_as_float(int v) {
+  float f;
+  std::memcpy(&f, &v, 4);
+  return f;
+}
+inline float __expf(float x) { return expf(x); }
+inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+
+// Half precision: IEEE binary16 through the compiler's _Float16 (rounds to nearest even,
+// as __float2half), bfloat16 rounded to nearest even as __float2bfloat16.
+struct __half {
+  uint16_t bits;
+};
+struct __half2 {
+  __half x, y;
+};
+struct __nv_bfloat16 {
+  uint16_t bits;
+};
+struct __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+
+inline float __half2float(__half h) {
+  _Float16 f;
+  std::memcpy(&f, &h.bits, 2);
+  return float(f);
+}
+inline __half __float2half(float x) {
+  const _Float16 f = _Float16(x);
+  __half h;
+  std::memcpy(&h.bits, &f, 2);
+  return h;
+}
+inline float2 __half22float2(__half2 h) { return {__half2float(h.x), __half2float(h.y)}; }
+inline __half2 __floats2half2_rn(float a, float b) { return {__float2half(a), __float2half(b)}; }
+
+inline float __bfloat162float(__nv_bfloat16 b) { return __uint_as_float(unsigned(b.bits) << 16); }
+inline __nv_bfloat16 __float2bfloat16(float x) {
+  const unsigned u = __float_as_uint(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t((u >> 16) | 0x40)};
+  return {uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
+  return {__float2bfloat16(a), __float2bfloat16(b)};
+}
