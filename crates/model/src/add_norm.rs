@@ -3,7 +3,9 @@
 //! returned. The unfused ops (`GemmaRmsNorm::add_then_norm` off CUDA) are the
 //! reference; `check` compares the two on the GPU.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
+
+use crate::launch::{dtype_suffix, Launch};
 
 /// Widest row the kernel takes (1024 threads of eight columns).
 pub const MAX_COLS: usize = 8192;
@@ -53,14 +55,43 @@ pub fn reference(
     Ok((h, z))
 }
 
+/// The launch of `add_rmsnorm_*` on `[.., cols]` rows with weights of `w_dims`
+/// each: a block a row, eight columns a thread, in whole warps; scalars `(rows,
+/// cols, eps)`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn add_rmsnorm_launch(
+    dtype: DType,
+    dims: &[usize],
+    w_dims: [&[usize]; 2],
+    eps: f32,
+) -> Result<Launch<(i32, i32, f32)>> {
+    let cols = dims.last().copied().unwrap_or(0);
+    if cols == 0 || cols > MAX_COLS || w_dims.iter().any(|w| *w != [cols]) {
+        candle_core::bail!(
+            "fused RMSNorm: rows of {cols} (at most {MAX_COLS}) with weights {w_dims:?}"
+        );
+    }
+    let rows = dims.iter().product::<usize>() / cols;
+    let threads = (cols.div_ceil(8).div_ceil(32) * 32).max(32) as u32;
+    Ok(Launch {
+        kernel: format!("add_rmsnorm_{}", dtype_suffix(dtype)?),
+        grid: (rows as u32, 1, 1),
+        block: (threads, 1, 1),
+        scalars: (rows as i32, cols as i32, eps),
+    })
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+    use candle_core::{
+        CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
+    };
     use half::{bf16, f16};
 
+    use crate::launch::Scalars;
     use crate::paged_decode::cuda_view;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/add_rmsnorm.ptx"));
@@ -72,15 +103,17 @@ mod cuda {
     }
 
     impl AddRmsNorm {
-        fn launch<T: CudaDType + DeviceRepr>(
+        fn launch<T: CudaDType + DeviceRepr + WithDType>(
             &self,
-            name: &str,
             x: (&CudaStorage, &Layout),
             h: (&CudaStorage, &Layout),
         ) -> Result<(CudaStorage, Shape)> {
             let dims = x.1.shape().dims();
-            let cols = *dims.last().unwrap_or(&1);
-            let rows = x.1.shape().elem_count() / cols.max(1);
+            let w_dims = [self.w_post.dims(), self.w_next.dims()];
+            let plan = super::add_rmsnorm_launch(T::DTYPE, dims, w_dims, self.eps)?;
+            if h.1.shape() != x.1.shape() {
+                candle_core::bail!("fused RMSNorm: residual {:?} for {dims:?}", h.1.shape());
+            }
             let dev = x.0.device.clone();
             let (wp_st, wp_l) = self.w_post.storage_and_layout();
             let (wn_st, wn_l) = self.w_next.storage_and_layout();
@@ -92,26 +125,12 @@ mod cuda {
             let wp = cuda_view::<f32>((wp, wp_l))?;
             let wn = cuda_view::<f32>((wn, wn_l))?;
             let (xs, hs) = (cuda_view::<T>(x)?, cuda_view::<T>(h)?);
-            let out = unsafe { dev.alloc::<T>(2 * rows * cols)? };
-            let func = dev.get_or_load_custom_func(name, "medgemma_add_rmsnorm", PTX)?;
-            if cols > super::MAX_COLS {
-                candle_core::bail!(
-                    "fused RMSNorm: {cols} columns (at most {})",
-                    super::MAX_COLS
-                );
-            }
-            // Eight columns a thread (the kernel's PER), in whole warps.
-            let threads = (cols.div_ceil(8).div_ceil(32) * 32).max(32) as u32;
-            let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let (r, c) = (rows as i32, cols as i32);
+            let out = unsafe { dev.alloc::<T>(2 * x.1.shape().elem_count())? };
+            let func = dev.get_or_load_custom_func(&plan.kernel, "medgemma_add_rmsnorm", PTX)?;
             let mut b = func.builder();
             b.arg(&xs).arg(&hs).arg(&wp).arg(&wn).arg(&out);
-            b.arg(&r).arg(&c).arg(&self.eps);
-            unsafe { b.launch(cfg) }.w()?;
+            plan.scalars.push(&mut b);
+            unsafe { b.launch(plan.config()) }.w()?;
             let mut shape = vec![2];
             shape.extend_from_slice(dims);
             Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(shape)))
@@ -144,11 +163,51 @@ mod cuda {
                 candle_core::bail!("fused RMSNorm: x and h must be contiguous, of one shape");
             }
             match x.dtype() {
-                DType::BF16 => self.launch::<bf16>("add_rmsnorm_bf16", (x, xl), (h, hl)),
-                DType::F16 => self.launch::<f16>("add_rmsnorm_f16", (x, xl), (h, hl)),
-                DType::F32 => self.launch::<f32>("add_rmsnorm_f32", (x, xl), (h, hl)),
+                DType::BF16 => self.launch::<bf16>((x, xl), (h, hl)),
+                DType::F16 => self.launch::<f16>((x, xl), (h, hl)),
+                DType::F32 => self.launch::<f32>((x, xl), (h, hl)),
                 other => candle_core::bail!("fused RMSNorm: unsupported dtype {other:?}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::emulated::{run, Dev};
+
+    #[test]
+    fn the_kernel_with_its_launch_matches_the_reference_when_emulated() -> Result<()> {
+        let cpu = &Device::Cpu;
+        // One warp; a width with a partial last warp; more columns than a thread's
+        // eight times a warp (several warps in the block sum).
+        for cols in [40, 520, 2560] {
+            let (wp, wn) = (
+                (Tensor::randn(0f32, 0.5, cols, cpu)? + 1.0)?,
+                (Tensor::randn(0f32, 0.5, cols, cpu)? + 1.0)?,
+            );
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
+                let x = Tensor::randn(0f32, 3.0, (3, cols), cpu)?.to_dtype(dtype)?;
+                let h = Tensor::randn(0f32, 1.0, (3, cols), cpu)?.to_dtype(dtype)?;
+                let plan = add_rmsnorm_launch(dtype, x.dims(), [wp.dims(), wn.dims()], 1e-6)?;
+                let out = Dev::zeros(dtype, 2 * 3 * cols)?;
+                let ins = [Dev::of(&x)?, Dev::of(&h)?, Dev::of(&wp)?, Dev::of(&wn)?];
+                run(&plan, &[&ins[0], &ins[1], &ins[2], &ins[3], &out])?;
+                let got = out.tensor((2, 3, cols))?;
+                let (want_h, want_z) = reference(&x, &h, &wp, &wn, 1e-6)?;
+                let tol = crate::ops::fused_tolerance(dtype);
+                for (i, want) in [want_h, want_z].iter().enumerate() {
+                    let e = crate::ops::max_relative_error(&got.get(i)?, want)?;
+                    assert!(e <= tol, "output {i}, {cols} columns, {dtype:?}: {e}");
+                }
+            }
+        }
+        let w: &[usize] = &[64];
+        assert!(add_rmsnorm_launch(DType::F32, &[2, 64], [w, &[63]], 1e-6).is_err());
+        assert!(add_rmsnorm_launch(DType::F32, &[2, MAX_COLS + 8], [w, w], 1e-6).is_err());
+        Ok(())
     }
 }

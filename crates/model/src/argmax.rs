@@ -74,17 +74,37 @@ pub fn usable(device: &Device, vocab: usize) -> bool {
     crate::ops::self_test_passes("greedy argmax", result, 0.0)
 }
 
+/// The launch of `argmax_f32` on f32 rows `[rows, n]` starting `offset` elements
+/// into their buffer: a block of 1024 threads a row, 16-byte loads where every row
+/// starts on 16 bytes; scalars `(n, vectorized)`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn argmax_launch(dims: &[usize], offset: usize) -> Result<crate::launch::Launch<(i32, i32)>> {
+    let &[rows, n] = dims else {
+        candle_core::bail!("argmax kernel: expected [rows, n], got {dims:?}");
+    };
+    if rows == 0 || n == 0 || n > i32::MAX as usize || rows > i32::MAX as usize {
+        candle_core::bail!("argmax kernel: no launch for {dims:?}");
+    }
+    let vectorized = i32::from(n.is_multiple_of(4) && offset.is_multiple_of(4));
+    Ok(crate::launch::Launch {
+        kernel: "argmax_f32".to_string(),
+        grid: (rows as u32, 1, 1),
+        block: (1024, 1, 1),
+        scalars: (n as i32, vectorized),
+    })
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, Result, Shape};
 
+    use crate::launch::Scalars;
     use crate::paged_decode::cuda_view;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/argmax.ptx"));
-    const THREADS: u32 = 1024;
 
     pub struct Argmax;
 
@@ -98,8 +118,8 @@ mod cuda {
         }
 
         fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-            let (rows, n) = l.shape().dims2()?;
-            if x.dtype() != DType::F32 || !l.is_contiguous() || n > i32::MAX as usize {
+            let (rows, _) = l.shape().dims2()?;
+            if x.dtype() != DType::F32 || !l.is_contiguous() {
                 candle_core::bail!("argmax kernel: expected contiguous f32 [rows, n]");
             }
             let dev = x.device.clone();
@@ -107,19 +127,13 @@ mod cuda {
             if rows == 0 {
                 return Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(0)));
             }
-            let func = dev.get_or_load_custom_func("argmax_f32", "medgemma_argmax", PTX)?;
-            let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // 16-byte loads need every row to start on 16 bytes.
-            let vectorized = i32::from(n % 4 == 0 && l.start_offset().is_multiple_of(4));
+            let plan = super::argmax_launch(l.shape().dims(), l.start_offset())?;
+            let func = dev.get_or_load_custom_func(&plan.kernel, "medgemma_argmax", PTX)?;
             let xs = cuda_view::<f32>((x, l))?;
-            let n = n as i32;
             let mut b = func.builder();
-            b.arg(&xs).arg(&out).arg(&n).arg(&vectorized);
-            unsafe { b.launch(cfg) }.w()?;
+            b.arg(&xs).arg(&out);
+            plan.scalars.push(&mut b);
+            unsafe { b.launch(plan.config()) }.w()?;
             Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(rows)))
         }
     }
@@ -140,6 +154,27 @@ mod tests {
         assert_eq!(got[0], crate::sampling::argmax(&numbers[0]));
         assert_eq!(got[1], 1001 / 3, "the first of the tied maxima");
         assert!(!usable(&Device::Cpu, 1001));
+        Ok(())
+    }
+
+    #[test]
+    fn the_kernel_with_its_launch_picks_as_the_host_when_emulated() -> Result<()> {
+        use crate::emulated::{run, Dev};
+        // Vectorized and not (an odd width); NaN, ties and -inf rows included.
+        for width in [4096, 4097, 3] {
+            let rows = test_rows(width);
+            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+            let t = Tensor::from_vec(flat, (rows.len(), width), &Device::Cpu)?;
+            let plan = argmax_launch(t.dims(), 0)?;
+            assert_eq!(plan.scalars.1, i32::from(width % 4 == 0));
+            let out = Dev::zeros(candle_core::DType::U32, rows.len())?;
+            run(&plan, &[&Dev::of(&t)?, &out])?;
+            let got = out.tensor(rows.len())?.to_vec1::<u32>()?;
+            let want: Vec<u32> = rows.iter().map(|r| crate::sampling::argmax(r)).collect();
+            assert_eq!(got, want, "width {width}");
+        }
+        assert_eq!(argmax_launch(&[2, 8], 2)?.scalars.1, 0, "rows off 16 bytes");
+        assert!(argmax_launch(&[0, 8], 0).is_err());
         Ok(())
     }
 }

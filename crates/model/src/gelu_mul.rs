@@ -9,6 +9,8 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
+use crate::launch::{dtype_suffix, Launch};
+
 /// `gate_up` `[rows, 2 * inter]` (gate, then up) → `[rows, inter]`.
 pub fn gelu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
@@ -48,49 +50,66 @@ pub fn usable(inter: usize, dtype: DType, device: &Device) -> bool {
     })
 }
 
+/// Threads a block of the kernel's grid-stride loop.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const THREADS: u32 = 256;
+
+/// The launch of `gelu_mul_*` on `[rows, 2 * inter]`; scalars `(rows, inter)`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn gelu_mul_launch(dtype: DType, dims: &[usize], inter: usize) -> Result<Launch<(i32, i32)>> {
+    let &[rows, width] = dims else {
+        candle_core::bail!("gelu-mul: expected [rows, {}], got {dims:?}", 2 * inter);
+    };
+    if width != 2 * inter {
+        candle_core::bail!("gelu-mul: expected [rows, {}], got {dims:?}", 2 * inter);
+    }
+    let blocks = (rows * inter).div_ceil(THREADS as usize).clamp(1, 65_535) as u32;
+    Ok(Launch {
+        kernel: format!("gelu_mul_{}", dtype_suffix(dtype)?),
+        grid: (blocks, 1, 1),
+        block: (THREADS, 1, 1),
+        scalars: (rows as i32, inter as i32),
+    })
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, Result, Shape};
+    use candle_core::{
+        CpuStorage, CudaStorage, CustomOp1, DType, Layout, Result, Shape, WithDType,
+    };
     use half::{bf16, f16};
 
+    use crate::launch::Scalars;
     use crate::paged_decode::cuda_view;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gelu_mul.ptx"));
-    const THREADS: u32 = 256;
 
     pub struct GeluMul {
         pub inter: usize,
     }
 
     impl GeluMul {
-        fn launch<T: CudaDType + DeviceRepr>(
+        fn launch<T: CudaDType + DeviceRepr + WithDType>(
             &self,
-            name: &str,
             x: &CudaStorage,
             l: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
-            let (rows, width) = l.shape().dims2()?;
-            if width != 2 * self.inter || !l.is_contiguous() {
-                candle_core::bail!("gelu-mul: expected contiguous [rows, {}]", 2 * self.inter);
+            let plan = super::gelu_mul_launch(T::DTYPE, l.shape().dims(), self.inter)?;
+            if !l.is_contiguous() {
+                candle_core::bail!("gelu-mul: expected a contiguous input");
             }
+            let rows = l.shape().dims()[0];
             let dev = x.device.clone();
-            let n = rows * self.inter;
-            let out = unsafe { dev.alloc::<T>(n)? };
-            let func = dev.get_or_load_custom_func(name, "medgemma_gelu_mul", PTX)?;
-            let blocks = (n as u32).div_ceil(THREADS).clamp(1, 65_535);
-            let cfg = LaunchConfig {
-                grid_dim: (blocks, 1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let out = unsafe { dev.alloc::<T>(rows * self.inter)? };
+            let func = dev.get_or_load_custom_func(&plan.kernel, "medgemma_gelu_mul", PTX)?;
             let xs = cuda_view::<T>((x, l))?;
-            let (r, i) = (rows as i32, self.inter as i32);
             let mut b = func.builder();
-            b.arg(&xs).arg(&out).arg(&r).arg(&i);
-            unsafe { b.launch(cfg) }.w()?;
+            b.arg(&xs).arg(&out);
+            plan.scalars.push(&mut b);
+            unsafe { b.launch(plan.config()) }.w()?;
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
                 Shape::from((rows, self.inter)),
@@ -109,11 +128,39 @@ mod cuda {
 
         fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
             match x.dtype() {
-                DType::BF16 => self.launch::<bf16>("gelu_mul_bf16", x, l),
-                DType::F16 => self.launch::<f16>("gelu_mul_f16", x, l),
-                DType::F32 => self.launch::<f32>("gelu_mul_f32", x, l),
+                DType::BF16 => self.launch::<bf16>(x, l),
+                DType::F16 => self.launch::<f16>(x, l),
+                DType::F32 => self.launch::<f32>(x, l),
                 other => candle_core::bail!("gelu-mul: unsupported dtype {other:?}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulated::{run, Dev};
+
+    #[test]
+    fn the_kernel_with_its_launch_matches_the_reference_when_emulated() -> Result<()> {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            // More outputs than one block's threads, and an odd width.
+            for (rows, inter) in [(3, 200), (2, 37)] {
+                let x = Tensor::randn(0f32, 2.0, (rows, 2 * inter), &Device::Cpu)?;
+                let x = x.to_dtype(dtype)?;
+                let plan = gelu_mul_launch(dtype, x.dims(), inter)?;
+                let out = Dev::zeros(dtype, rows * inter)?;
+                run(&plan, &[&Dev::of(&x)?, &out])?;
+                let got = out.tensor((rows, inter))?;
+                let e = crate::ops::max_relative_error(&got, &reference(&x, inter)?)?;
+                assert!(
+                    e <= crate::ops::fused_tolerance(dtype),
+                    "{rows}x{inter} {dtype:?}: {e}"
+                );
+            }
+        }
+        assert!(gelu_mul_launch(DType::F32, &[2, 10], 4).is_err());
+        Ok(())
     }
 }

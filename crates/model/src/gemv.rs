@@ -10,6 +10,8 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use crate::launch::{dtype_suffix, Launch};
+
 /// Most rows of `x` the kernel takes (one kernel per row count).
 pub const MAX_ROWS: usize = 8;
 
@@ -86,14 +88,48 @@ pub fn usable(dtype: DType, device: &Device) -> bool {
     })
 }
 
+/// The launch of `gemv_*_{rows}` on `x` `[rows, in]` and `w` `[out, in]` with
+/// `split` warps an output: `WARPS / split` outputs a block; scalars `(in, out,
+/// split)`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn gemv_launch(
+    dtype: DType,
+    x: &[usize],
+    w: &[usize],
+    split: usize,
+) -> Result<Launch<(i32, i32, i32)>> {
+    let (&[rows, k], &[out, wk]) = (x, w) else {
+        candle_core::bail!("gemv: operands {x:?} x {w:?}");
+    };
+    let fits = k == wk
+        && (1..=MAX_ROWS).contains(&rows)
+        && (k * dtype.size_in_bytes()).is_multiple_of(16)
+        && split.is_power_of_two()
+        && split <= WARPS;
+    if !fits {
+        candle_core::bail!(
+            "gemv: operands [{rows}, {k}] x [{out}, {wk}] (split {split}) do not fit"
+        );
+    }
+    Ok(Launch {
+        kernel: format!("gemv_{}_{rows}", dtype_suffix(dtype)?),
+        grid: (out.div_ceil(WARPS / split) as u32, 1, 1),
+        block: (32 * WARPS as u32, 1, 1),
+        scalars: (k as i32, out as i32, split as i32),
+    })
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape};
+    use candle_core::{
+        CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, WithDType,
+    };
     use half::{bf16, f16};
 
+    use crate::launch::Scalars;
     use crate::paged_decode::cuda_view;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gemv.ptx"));
@@ -103,37 +139,25 @@ mod cuda {
     }
 
     impl Gemv {
-        fn launch<T: CudaDType + DeviceRepr>(
+        fn launch<T: CudaDType + DeviceRepr + WithDType>(
             &self,
-            name: &str,
             x: (&CudaStorage, &Layout),
             w: (&CudaStorage, &Layout),
         ) -> Result<(CudaStorage, Shape)> {
-            let (rows, k) = x.1.shape().dims2()?;
-            let (out, wk) = w.1.shape().dims2()?;
-            let fits = x.1.is_contiguous()
-                && w.1.is_contiguous()
-                && k == wk
-                && (1..=super::MAX_ROWS).contains(&rows)
-                && (k * std::mem::size_of::<T>()).is_multiple_of(16);
-            if !fits {
-                candle_core::bail!("gemv: operands [{rows}, {k}] x [{out}, {wk}] do not fit");
+            let (xd, wd) = (x.1.shape().dims(), w.1.shape().dims());
+            let plan = super::gemv_launch(T::DTYPE, xd, wd, self.split)?;
+            if !x.1.is_contiguous() || !w.1.is_contiguous() {
+                candle_core::bail!("gemv: operands not contiguous");
             }
+            let (rows, out) = (xd[0], wd[0]);
             let dev = x.0.device.clone();
             let y = unsafe { dev.alloc::<T>(rows * out)? };
-            let name = format!("{name}_{rows}");
-            let func = dev.get_or_load_custom_func(&name, "medgemma_gemv", PTX)?;
-            let per_block = super::WARPS / self.split;
-            let cfg = LaunchConfig {
-                grid_dim: (out.div_ceil(per_block) as u32, 1, 1),
-                block_dim: (32 * super::WARPS as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let func = dev.get_or_load_custom_func(&plan.kernel, "medgemma_gemv", PTX)?;
             let (xs, ws) = (cuda_view::<T>(x)?, cuda_view::<T>(w)?);
-            let (i, o, s) = (k as i32, out as i32, self.split as i32);
             let mut b = func.builder();
-            b.arg(&xs).arg(&ws).arg(&y).arg(&i).arg(&o).arg(&s);
-            unsafe { b.launch(cfg) }.w()?;
+            b.arg(&xs).arg(&ws).arg(&y);
+            plan.scalars.push(&mut b);
+            unsafe { b.launch(plan.config()) }.w()?;
             Ok((
                 CudaStorage::wrap_cuda_slice(y, dev),
                 Shape::from((rows, out)),
@@ -164,9 +188,9 @@ mod cuda {
             wl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
             match (x.dtype(), w.dtype()) {
-                (DType::BF16, DType::BF16) => self.launch::<bf16>("gemv_bf16", (x, xl), (w, wl)),
-                (DType::F16, DType::F16) => self.launch::<f16>("gemv_f16", (x, xl), (w, wl)),
-                (DType::F32, DType::F32) => self.launch::<f32>("gemv_f32", (x, xl), (w, wl)),
+                (DType::BF16, DType::BF16) => self.launch::<bf16>((x, xl), (w, wl)),
+                (DType::F16, DType::F16) => self.launch::<f16>((x, xl), (w, wl)),
+                (DType::F32, DType::F32) => self.launch::<f32>((x, xl), (w, wl)),
                 (a, b) => candle_core::bail!("gemv: unsupported dtypes {a:?} x {b:?}"),
             }
         }
@@ -183,6 +207,35 @@ mod tests {
         let w = Tensor::zeros((16, 64), DType::F32, &Device::Cpu)?;
         assert!(!serves(&x, &w));
         assert!(!usable(DType::F32, &Device::Cpu));
+        Ok(())
+    }
+
+    #[test]
+    fn the_kernel_with_its_launch_matches_an_f32_product_when_emulated() -> Result<()> {
+        use crate::emulated::{run, Dev};
+        let cpu = &Device::Cpu;
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            // `in` not a multiple of the kernel's unrolled stride; `out` not of a block's outputs.
+            let (in_dim, out_dim) = (1160, 37);
+            for rows in [1, 2, 5, MAX_ROWS] {
+                let x = Tensor::randn(0f32, 1.0, (rows, in_dim), cpu)?.to_dtype(dtype)?;
+                let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), cpu)?.to_dtype(dtype)?;
+                let want = x
+                    .to_dtype(DType::F32)?
+                    .matmul(&w.to_dtype(DType::F32)?.t()?)?;
+                for split in [1, 2, 4, 8] {
+                    let plan = gemv_launch(dtype, x.dims(), w.dims(), split)?;
+                    let y = Dev::zeros(dtype, rows * out_dim)?;
+                    run(&plan, &[&Dev::of(&x)?, &Dev::of(&w)?, &y])?;
+                    let e = crate::ops::max_relative_error(&y.tensor((rows, out_dim))?, &want)?;
+                    let tol = crate::ops::fused_tolerance(dtype);
+                    assert!(e <= tol, "{rows} rows, split {split}, {dtype:?}: {e}");
+                }
+            }
+        }
+        assert!(gemv_launch(DType::F32, &[9, 64], &[4, 64], 1).is_err());
+        assert!(gemv_launch(DType::BF16, &[1, 60], &[4, 60], 1).is_err());
+        assert!(gemv_launch(DType::F32, &[1, 64], &[4, 64], 3).is_err());
         Ok(())
     }
 }
