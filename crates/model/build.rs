@@ -14,6 +14,7 @@ const KERNELS: &[&str] = &[
     "argmax",
     "softmax",
     "bias_epilogue",
+    "paged_rows",
 ];
 
 fn main() {
@@ -28,6 +29,7 @@ fn main() {
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".to_string());
     let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
     println!("cargo:rerun-if-changed=kernels/convert.cuh");
+    println!("cargo:rerun-if-changed=kernels/attend_keys.cuh");
     for name in KERNELS {
         let src = format!("kernels/{name}.cu");
         println!("cargo:rerun-if-changed={src}");

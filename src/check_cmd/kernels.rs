@@ -1,18 +1,20 @@
 //! The CUDA kernels against their plain-tensor references on the CPU, on random
 //! inputs of MedGemma's shapes: decode attention over the paged pool (GQA,
-//! sequences of different lengths scattered over the pool's slots), the
+//! sequences of different lengths scattered over the pool's slots), the rows
+//! attention of steps with prefills (a row per new token, each with its run of
+//! keys), the
 //! residual add fused with the RMSNorms around it, the q/k norms fused with RoPE
 //! and the KV write, the MLP's gelu fused with its product, the decode-step
 //! matrix-vector product, the greedy argmax, the vision tower's softmax and its
-//! bias epilogues (the model runs those last six comparisons itself at load,
+//! bias epilogues (the model runs those last six comparisons, and the rows one, itself at load,
 //! before it uses the kernels).
 
 use anyhow::Result;
 use medgemma_model::bias_epilogue::{self, Widths};
 use medgemma_model::ops::{fused_tolerance, max_relative_error as rel_err};
 use medgemma_model::paged_decode::{paged_decode, reference};
-use medgemma_model::qk_rope_write;
 use medgemma_model::{add_norm, argmax, gelu_mul, gemv, softmax};
+use medgemma_model::{paged_rows, qk_rope_write};
 use medgemma_model::{DType, Device};
 
 use medgemma_model::Tensor;
@@ -33,6 +35,11 @@ pub fn check(device: &Device) -> Result<bool> {
         for &(heads, kv_heads, head_dim) in &shapes {
             let err = paged_case(device, dtype, heads, kv_heads, head_dim)?;
             let what = format!("paged decode attention heads {heads}/{kv_heads} dim {head_dim}");
+            ok &= report(&what, dtype, err, tol);
+            let err = paged_rows::self_test(device, dtype, heads, kv_heads, head_dim)?;
+            let what = format!(
+                "paged rows attention (prefill + decode rows) heads {heads}/{kv_heads} dim {head_dim}"
+            );
             ok &= report(&what, dtype, err, tol);
         }
     }

@@ -13,6 +13,7 @@ use crate::kv::{KvPool, StepKv};
 use crate::linear::Linear;
 use crate::norm::GemmaRmsNorm;
 use crate::paged_decode;
+use crate::paged_rows::paged_rows;
 use crate::qk_rope_write::{qk_rope_write, QkRopeWrite};
 use crate::rope::RopeTables;
 
@@ -76,6 +77,19 @@ impl Attention {
         let (pool, step) = kv;
         let q = self.project_and_write(x, rope, pool, step, layer)?;
         let (nq, d) = (self.num_heads, self.head_dim);
+        if let Some(rows) = pool.rows_view(layer, step) {
+            // Every sequence's rows in one kernel (`kv_rows`).
+            let pools = (rows.k, rows.v);
+            let o = paged_rows(
+                &q,
+                pools,
+                rows.slots,
+                rows.meta,
+                self.num_kv_heads,
+                self.scale as f32,
+            )?;
+            return self.o_proj.forward(&o.reshape((x.dim(0)?, nq * d))?);
+        }
         let decoded = self.attend_decodes(&q, pool, step, layer)?;
         if step.all_decode() {
             if let Some(o) = decoded {

@@ -92,6 +92,13 @@ impl CandleExecutor {
     }
 
     /// Keeps up to `bytes` of image features for reuse (0: none).
+    /// Turns the rows attention kernel on or off for the steps it suits (see
+    /// `KvPool::with_paged_rows`; on by default where its self-test passed).
+    pub fn with_paged_rows(mut self, on: bool) -> Self {
+        self.pool = self.pool.with_paged_rows(on);
+        self
+    }
+
     pub fn with_encoder_cache(mut self, bytes: usize) -> Self {
         self.encoder = EncoderCache::new(bytes);
         self

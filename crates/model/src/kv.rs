@@ -13,6 +13,7 @@ use medgemma_core::KvLayout;
 
 use crate::batch::ForwardBatch;
 use crate::config::{LayerType, TextConfig};
+use crate::kv_rows::{RowsStep, RowsView};
 use crate::mask::MaskSpec;
 
 /// Which group and slot each layer uses, and each group's attention window.
@@ -65,6 +66,21 @@ pub fn bytes_per_block(cfg: &TextConfig, block_size: usize, dtype: DType) -> usi
     2 * KvGroups::new(cfg).slots * block_size * row * dtype.size_in_bytes()
 }
 
+/// Each sequence's first key position and its keys' pool slots.
+type SeqKeys = Vec<(usize, Vec<u32>)>;
+
+/// The new tokens' slots `[tokens]`, and broadcast over a row `[tokens, row]` for
+/// `scatter_set`.
+fn write_index(writes: Vec<u32>, row: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let t = writes.len();
+    let slots = Tensor::from_vec(writes, t, device)?;
+    let write = slots
+        .reshape((t, 1))?
+        .broadcast_as((t, row))?
+        .contiguous()?;
+    Ok((slots, write))
+}
+
 /// The pool, allocated once, with one block more than the scheduler hands out:
 /// the padding block, which the dummy rows of a padded decode step (a captured
 /// CUDA graph's fixed batch) write to and attend over, and no sequence owns.
@@ -81,6 +97,8 @@ pub struct KvPool {
     /// Decode attention reads the pool through the paged kernel, which bounds
     /// each sequence by its length: no padding mask needed.
     paged_decode: bool,
+    /// Steps with prefills go through the rows kernel where `kv_rows::worth_it`.
+    paged_rows: bool,
 }
 
 impl KvPool {
@@ -107,7 +125,21 @@ impl KvPool {
             head_dim: cfg.head_dim,
             bytes_per_block: bytes_per_block(cfg, block_size, dtype),
             paged_decode: crate::paged_decode::serves(device, cfg.head_dim),
+            paged_rows: crate::paged_rows::usable(
+                device,
+                dtype,
+                cfg.num_attention_heads,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+            ),
         })
+    }
+
+    /// Turns the rows attention (`paged_rows`) on or off for the steps it suits; on
+    /// the CPU its host form runs (for tests: the default there is off).
+    pub fn with_paged_rows(mut self, on: bool) -> Self {
+        self.paged_rows = on;
+        self
     }
 
     /// Layer groups, each with its own block table per sequence.
@@ -146,12 +178,17 @@ impl KvPool {
     ) -> Result<StepKv> {
         let row = self.kv_heads * self.head_dim;
         let dtype = self.k[0].dtype();
+        let rows = self.paged_rows && crate::kv_rows::worth_it(batch);
         // Masks depend on the window only: built once per distinct window.
         let mut masks: Vec<(Option<usize>, Vec<Option<Tensor>>)> = Vec::new();
         let mut groups = Vec::with_capacity(self.groups.windows.len());
         for (g, &window) in self.groups.windows.iter().enumerate() {
             let known = masks.iter().find(|(w, _)| *w == window).map(|(_, m)| m);
-            let step = self.plan_group(g, batch, (row, decode_width), device, dtype, known)?;
+            let step = if rows {
+                self.plan_group_rows(g, batch, row, device)?
+            } else {
+                self.plan_group(g, batch, (row, decode_width), device, dtype, known)?
+            };
             if known.is_none() {
                 masks.push((window, step.reads.iter().map(|r| r.mask.clone()).collect()));
             }
@@ -176,6 +213,21 @@ impl KvPool {
         })
     }
 
+    /// Group `g`'s slots for the step: where each new token is written, and each
+    /// sequence's keys (its first key's position and the keys' slots).
+    fn group_slots(&self, g: usize, batch: &ForwardBatch) -> Result<(Vec<u32>, SeqKeys)> {
+        let window = self.groups.windows[g];
+        let mut writes = Vec::with_capacity(batch.num_tokens());
+        let mut keys = Vec::with_capacity(batch.spans.len());
+        for (i, span) in batch.spans.iter().enumerate() {
+            let end = span.start_pos + span.len;
+            let k_start = window.map_or(0, |w| span.start_pos.saturating_sub(w.saturating_sub(1)));
+            writes.extend(self.slots(batch, i, g, span.start_pos..end)?);
+            keys.push((k_start, self.slots(batch, i, g, k_start..end)?));
+        }
+        Ok((writes, keys))
+    }
+
     fn plan_group(
         &self,
         g: usize,
@@ -186,27 +238,17 @@ impl KvPool {
         masks: Option<&Vec<Option<Tensor>>>,
     ) -> Result<GroupStep> {
         let window = self.groups.windows[g];
-        let mut writes = Vec::with_capacity(batch.num_tokens());
+        let (writes, keys) = self.group_slots(g, batch)?;
         let mut read_slots = Vec::new();
         let mut reads = Vec::with_capacity(batch.spans.len());
         let mut decode = Vec::new();
-        for (i, span) in batch.spans.iter().enumerate() {
-            let end = span.start_pos + span.len;
-            let k_start = window.map_or(0, |w| span.start_pos.saturating_sub(w.saturating_sub(1)));
-            writes.extend(self.slots(batch, i, g, span.start_pos..end)?);
-            let slots = self.slots(batch, i, g, k_start..end)?;
+        for (i, (span, (k_start, slots))) in batch.spans.iter().zip(keys).enumerate() {
             let mask = match masks {
                 Some(known) => known.get(i).cloned().flatten(),
                 None if span.is_decode() => None,
-                None => MaskSpec {
-                    q_start: span.start_pos,
-                    q_len: span.len,
-                    k_start,
-                    k_len: slots.len(),
-                    window,
-                    groups: span.image_groups.as_deref(),
+                None => {
+                    MaskSpec::of_span(span, k_start, slots.len(), window).build(dtype, device)?
                 }
-                .build(dtype, device)?,
             };
             reads.push(SeqRead {
                 offset: read_slots.len(),
@@ -219,17 +261,13 @@ impl KvPool {
                 read_slots.extend(slots);
             }
         }
-        let t = writes.len();
-        let slots = Tensor::from_vec(writes, t, device)?;
-        let write = slots
-            .reshape((t, 1))?
-            .broadcast_as((t, row))?
-            .contiguous()?;
+        let (slots, write) = write_index(writes, row, device)?;
         let n = read_slots.len();
         Ok(GroupStep {
             slots,
             write,
             read: Tensor::from_vec(read_slots, n, device)?,
+            rows: None,
             reads,
             decode: DecodeGather::new(
                 decode,
@@ -241,6 +279,32 @@ impl KvPool {
                 device,
                 dtype,
             )?,
+        })
+    }
+
+    /// As `plan_group`, with the reads as rows for the rows kernel (no gathers,
+    /// no masks, no decode table).
+    fn plan_group_rows(
+        &self,
+        g: usize,
+        batch: &ForwardBatch,
+        row: usize,
+        device: &Device,
+    ) -> Result<GroupStep> {
+        let (writes, keys) = self.group_slots(g, batch)?;
+        let (slots, write) = write_index(writes, row, device)?;
+        Ok(GroupStep {
+            slots,
+            write,
+            read: Tensor::zeros(0, DType::U32, device)?,
+            rows: Some(crate::kv_rows::plan(
+                batch,
+                keys,
+                self.groups.windows[g],
+                device,
+            )?),
+            reads: Vec::new(),
+            decode: None,
         })
     }
 
@@ -343,6 +407,19 @@ impl KvPool {
 }
 
 impl KvPool {
+    /// The step's rows in `layer`'s group, with the layer's pools, when the step
+    /// goes through the rows kernel.
+    pub fn rows_view<'a>(&'a self, layer: usize, step: &'a StepKv) -> Option<RowsView<'a>> {
+        let (g, slot) = self.groups.layer_slots[layer];
+        let rows = step.groups[g].rows.as_ref()?;
+        Some(RowsView {
+            k: &self.k[slot],
+            v: &self.v[slot],
+            slots: &rows.slots,
+            meta: &rows.meta,
+        })
+    }
+
     /// The decoding sequences' slot table `[seqs, keys]` and key counts `[seqs]`
     /// in `layer`'s group, with the layer's key and value pools, for attention
     /// that reads the pool in place.
@@ -458,6 +535,7 @@ impl StepKv {
         let mut out: Vec<&Tensor> = self.decode_rows.iter().collect();
         for g in &self.groups {
             out.extend([&g.slots, &g.write, &g.read]);
+            out.extend(g.rows.iter().flat_map(|r| [&r.slots, &r.meta]));
             out.extend(g.reads.iter().filter_map(|r| r.mask.as_ref()));
             if let Some(d) = &g.decode {
                 out.extend([&d.idx, &d.lens]);
@@ -476,6 +554,8 @@ struct GroupStep {
     write: Tensor,
     /// Slots every prefilling sequence reads, concatenated.
     read: Tensor,
+    /// The step as rows for the rows kernel (then `reads` and `decode` are empty).
+    rows: Option<RowsStep>,
     reads: Vec<SeqRead>,
     decode: Option<DecodeGather>,
 }

@@ -20,7 +20,24 @@ pub struct MaskSpec<'a> {
     pub groups: Option<&'a [i32]>,
 }
 
-impl MaskSpec<'_> {
+impl<'a> MaskSpec<'a> {
+    /// The mask of `span`'s new tokens over its `k_len` keys from position `k_start`.
+    pub fn of_span(
+        span: &'a crate::batch::SeqSpan,
+        k_start: usize,
+        k_len: usize,
+        window: Option<usize>,
+    ) -> Self {
+        Self {
+            q_start: span.start_pos,
+            q_len: span.len,
+            k_start,
+            k_len,
+            window,
+            groups: span.image_groups.as_deref(),
+        }
+    }
+
     fn visible(&self, qi: usize, kj: usize) -> bool {
         let (q, k) = (self.q_start + qi, self.k_start + kj);
         let in_window = self.window.is_none_or(|w| q < k + w);
@@ -66,6 +83,54 @@ impl MaskSpec<'_> {
             Tensor::from_vec(data, (self.q_len, self.k_len), device)?.to_dtype(dtype)?,
         ))
     }
+}
+
+impl MaskSpec<'_> {
+    /// Each query's visible keys as one run `[lo, hi)` of key indices: causal, cut
+    /// by the window, and reaching to the end of the query's image (whose soft
+    /// tokens see each other; `visible` again). `None` when an image's soft tokens
+    /// are not one run of the new tokens, which the runs cannot express.
+    pub fn key_runs(&self) -> Option<Vec<(usize, usize)>> {
+        let image_end = image_ends(self.groups, self.q_len)?;
+        let runs = (0..self.q_len)
+            .map(|qi| {
+                let q = self.q_start + qi;
+                let lo = self.window.map_or(self.k_start, |w| {
+                    self.k_start.max((q + 1).saturating_sub(w))
+                });
+                let last = image_end[qi].map_or(q, |e| q.max(self.q_start + e));
+                let hi = (last + 1 - self.k_start).min(self.k_len);
+                ((lo - self.k_start).min(hi), hi)
+            })
+            .collect();
+        Some(runs)
+    }
+}
+
+/// For each of `n` new tokens, the index of the last soft token of its image
+/// (`None` for text); `None` when some image's tokens are not one run.
+fn image_ends(groups: Option<&[i32]>, n: usize) -> Option<Vec<Option<usize>>> {
+    let mut ends = vec![None; n];
+    let Some(groups) = groups else {
+        return Some(ends);
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut i = 0;
+    while i < n.min(groups.len()) {
+        let g = groups[i];
+        let mut j = i;
+        while j + 1 < n.min(groups.len()) && groups[j + 1] == g {
+            j += 1;
+        }
+        if g >= 0 {
+            if !seen.insert(g) {
+                return None;
+            }
+            ends[i..=j].iter_mut().for_each(|e| *e = Some(j));
+        }
+        i = j + 1;
+    }
+    Some(ends)
 }
 
 /// On sliding layers transformers bounds the image overlay with the same rule as
@@ -131,5 +196,57 @@ mod tests {
             s.visible(5, 1),
             "a later image sees an earlier one causally"
         );
+    }
+
+    /// Every key a query's run holds is visible and every other is not, over many
+    /// chunk positions, cached prefixes, windows and image layouts.
+    #[test]
+    fn key_runs_are_exactly_the_visible_keys() {
+        let layouts: [&[i32]; 5] = [
+            &[],
+            &[-1, 0, 0, 0, -1, -1],
+            &[0, 0, 1, 1, 1, -1, 2],
+            &[-1, -1, 5, 5, 5, 5, 5, 5, 5, -1],
+            &[3, 3, 3],
+        ];
+        for groups in layouts {
+            for q_len in 1..=12usize {
+                for q_start in [0usize, 1, 5, 30] {
+                    for window in [None, Some(1), Some(2), Some(4), Some(16)] {
+                        let k_start = window.map_or(0, |w| q_start.saturating_sub(w - 1));
+                        let g: Vec<i32> = groups.iter().copied().cycle().take(q_len).collect();
+                        let groups = (!groups.is_empty()).then_some(g.as_slice());
+                        let s = MaskSpec {
+                            groups,
+                            ..spec(q_start, q_len, k_start, window)
+                        };
+                        let Some(runs) = s.key_runs() else {
+                            // Only a layout cut so that an image repeats later.
+                            continue;
+                        };
+                        for (qi, &(lo, hi)) in runs.iter().enumerate() {
+                            for kj in 0..s.k_len {
+                                assert_eq!(
+                                    s.visible(qi, kj),
+                                    (lo..hi).contains(&kj),
+                                    "{s:?} query {qi} key {kj}: run {lo}..{hi}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_image_in_two_runs_has_no_key_runs() {
+        let groups = [0, 0, -1, 0];
+        let s = MaskSpec {
+            groups: Some(&groups),
+            ..spec(0, 4, 0, None)
+        };
+        assert!(s.key_runs().is_none());
+        assert!(image_ends(Some(&[0, 0, 1, -1]), 4).is_some());
     }
 }

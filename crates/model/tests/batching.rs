@@ -72,7 +72,7 @@ fn run_batched(
     ckpt: &str,
     cases: &[Case],
     sampling: &SamplingParams,
-    replay: DecodeReplay,
+    engine: Engine,
 ) -> (Vec<Vec<u32>>, u64) {
     // 4-token blocks, just enough for the longest sequence alone (far less than 32
     // sequences need), and steps of at most 256 tokens.
@@ -95,7 +95,9 @@ fn run_batched(
         budget: KvBudget::Bytes((layout.bytes_per_block * blocks) as u64),
         ..kv
     };
-    let exec = executor(ckpt, &kv).with_decode_replay(replay);
+    let exec = executor(ckpt, &kv)
+        .with_decode_replay(engine.replay)
+        .with_paged_rows(engine.rows);
     let h = SchedulerHandle::spawn(
         SchedulerConfig {
             max_num_seqs: 32,
@@ -153,7 +155,20 @@ fn run_batched(
     (outs, preemptions)
 }
 
-fn check(ckpt: &str, with_images: bool, replay: DecodeReplay) {
+/// How the batched engine runs: decode steps replayed or not, and steps with
+/// prefills through the rows attention (its host form here) or per sequence.
+#[derive(Debug, Clone, Copy)]
+struct Engine {
+    replay: DecodeReplay,
+    rows: bool,
+}
+
+const PLAIN: Engine = Engine {
+    replay: DecodeReplay::Off,
+    rows: false,
+};
+
+fn check(ckpt: &str, with_images: bool, engine: Engine) {
     let g = common::goldens(ckpt);
     let sampling = greedy(&g.eos_suppressed);
     let cases = cases(ckpt, with_images);
@@ -175,12 +190,12 @@ fn check(ckpt: &str, with_images: bool, replay: DecodeReplay) {
             .tokens
         })
         .collect();
-    let (got, preemptions) = run_batched(ckpt, &cases, &sampling, replay);
+    let (got, preemptions) = run_batched(ckpt, &cases, &sampling, engine);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(
             g,
             w,
-            "{ckpt} request {i} (images: {}, {replay:?})",
+            "{ckpt} request {i} (images: {}, {engine:?})",
             cases[i].images.len()
         );
     }
@@ -192,15 +207,35 @@ fn check(ckpt: &str, with_images: bool, replay: DecodeReplay) {
 
 #[test]
 fn batched_equals_alone_with_images() {
-    check("tiny-gemma3", true, DecodeReplay::Off);
+    check("tiny-gemma3", true, PLAIN);
 }
 
 #[test]
 fn batched_equals_alone_text_only() {
-    check("tiny-gemma3-text", false, DecodeReplay::Off);
+    check("tiny-gemma3-text", false, PLAIN);
 }
 
 #[test]
 fn batched_equals_alone_with_decode_steps_replayed() {
-    check("tiny-gemma3", true, DecodeReplay::Rerun);
+    check(
+        "tiny-gemma3",
+        true,
+        Engine {
+            replay: DecodeReplay::Rerun,
+            rows: false,
+        },
+    );
+}
+
+/// The rows attention (one kernel for a step's prefill chunks and decodes, `kv_rows`)
+/// gives every request the ids the per-sequence path gives it alone: chunked
+/// prompts, cached prefixes after preemption, images and the sliding window.
+#[test]
+fn batched_equals_alone_through_the_rows_attention() {
+    let rows = Engine {
+        replay: DecodeReplay::Off,
+        rows: true,
+    };
+    check("tiny-gemma3", true, rows);
+    check("tiny-gemma3-text", false, rows);
 }
