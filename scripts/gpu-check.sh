@@ -8,27 +8,32 @@
 #      concurrency 1, 8 and 64, plus the time to first token of a one-image request
 #      (decode steps replayed from CUDA graphs, as the server runs);
 #   3. the same at concurrency 1 and 64 with `--enforce-eager`, for the graphs' gain;
+#   3b. the same at concurrency 1 and 64 with the image request, with the rows
+#      attention and the vision bias epilogues turned off (`--disable-kernels
+#      paged-rows,bias-epilogue`), for what they gain: 64-stream time to first
+#      token (rows) and the image's (epilogues);
 #   4. the same-run baseline: transformers' `generate` on the same shapes
 #      (tools/bench/transformers_baseline.py; skipped where python3 has no
 #      transformers);
 #   5. synthetic MedGemma 27B at concurrency 1, 8 and 64 with the image request.
 # Usage: [OUT_DIR=dir] bash scripts/gpu-check.sh [path/to/medgemma-server]
 #   (default binary: target-gpu/release/medgemma-server under the project).
-# Writes check.txt, bench-4b.{txt,json}, bench-4b-eager.txt, transformers-4b.{txt,json}
-# and bench-27b.{txt,json} to $OUT_DIR (default ./gpu-check-out): eight files.
-# Each command runs under `timeout` (CHECK_TIMEOUT, BENCH_TIMEOUT, EAGER_TIMEOUT,
-# BASELINE_TIMEOUT, BENCH27_TIMEOUT seconds), so the whole script ends within 9
-# minutes (about 3 on an H200). Exit status: the check's when it failed (124: timed
+# Writes check.txt, bench-4b.{txt,json}, bench-4b-eager.txt, bench-4b-unfused.txt,
+# transformers-4b.{txt,json} and bench-27b.{txt,json} to $OUT_DIR (default
+# ./gpu-check-out): nine files. Each command runs under `timeout` (CHECK_TIMEOUT,
+# BENCH_TIMEOUT, EAGER_TIMEOUT, UNFUSED_TIMEOUT, BASELINE_TIMEOUT, BENCH27_TIMEOUT
+# seconds), so the whole script ends within 9 minutes (about 3.5 on an H200). Exit status: the check's when it failed (124: timed
 # out), else the 4B benchmark's.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${1:-$ROOT/target-gpu/release/medgemma-server}"
 OUT_DIR="${OUT_DIR:-./gpu-check-out}"
 CHECK_TIMEOUT="${CHECK_TIMEOUT:-120}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
 EAGER_TIMEOUT="${EAGER_TIMEOUT:-60}"
-BASELINE_TIMEOUT="${BASELINE_TIMEOUT:-90}"
-BENCH27_TIMEOUT="${BENCH27_TIMEOUT:-90}"
+UNFUSED_TIMEOUT="${UNFUSED_TIMEOUT:-60}"
+BASELINE_TIMEOUT="${BASELINE_TIMEOUT:-75}"
+BENCH27_TIMEOUT="${BENCH27_TIMEOUT:-75}"
 # Fused kernels' self-tests and decode graph captures say what is in use.
 export MEDGEMMA_LOG="${MEDGEMMA_LOG:-info,medgemma_model::decode_graph=debug}"
 RUN="$ROOT/scripts/run-on-device.sh"
@@ -49,6 +54,11 @@ echo "== bench, eager (at most ${EAGER_TIMEOUT}s)"
 timeout --kill-after=10 "$EAGER_TIMEOUT" bash "$RUN" "$BIN" \
   bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,64 \
   --enforce-eager 2>&1 | tee "$OUT_DIR/bench-4b-eager.txt"
+
+echo "== bench, rows attention and vision epilogues off (at most ${UNFUSED_TIMEOUT}s)"
+timeout --kill-after=10 "$UNFUSED_TIMEOUT" bash "$RUN" "$BIN" \
+  bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,64 \
+  --images 1 --disable-kernels paged-rows,bias-epilogue 2>&1 | tee "$OUT_DIR/bench-4b-unfused.txt"
 
 echo "== transformers baseline (at most ${BASELINE_TIMEOUT}s)"
 if python3 -c "import torch, transformers" 2>/dev/null; then

@@ -160,6 +160,7 @@ fn setup(args: &BenchArgs) -> Result<Setup> {
             (args.synthetic.clone(), ModelConfig::from_file(path)?)
         }
     };
+    medgemma_model::kernels::disable(&args.disable_kernels)?;
     let device = crate::load::device(&args.device)?;
     let dtype = crate::load::dtype(&args.dtype, &device)?;
     let device_label = match (device.is_cuda(), args.device.trim()) {
@@ -356,6 +357,7 @@ fn document(
             "kv_cache_bytes": args.kv_cache_bytes,
             "gpu_memory_utilization": args.gpu_memory_utilization,
             "enforce_eager": args.enforce_eager,
+            "disable_kernels": args.disable_kernels,
             "seed": args.seed,
         },
         "engine": engine,

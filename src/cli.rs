@@ -78,6 +78,11 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, env = "MEDGEMMA_DEVICE", default_value = "auto")]
     pub device: String,
+    /// Fused CUDA kernels to leave unused, comma-separated (paged-decode, paged-rows,
+    /// add-rmsnorm, qk-rope-write, gelu-mul, gemv, argmax, softmax, bias-epilogue):
+    /// their steps run on the unfused ops.
+    #[arg(long, env = "MEDGEMMA_DISABLE_KERNELS", value_delimiter = ',')]
+    pub disable_kernels: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -227,6 +232,10 @@ pub struct BenchArgs {
     /// Compute dtype: auto, bf16, f16 or f32.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// Fused CUDA kernels to leave unused, comma-separated (as for `serve`): to
+    /// measure what they gain.
+    #[arg(long, value_delimiter = ',')]
+    pub disable_kernels: Vec<String>,
     /// Concurrency levels to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 64])]
     pub concurrency: Vec<usize>,

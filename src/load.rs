@@ -68,6 +68,7 @@ pub fn kv_budget(device: &Device, bytes: Option<u64>, gpu_memory_utilization: f6
 /// Loads the checkpoint and allocates the KV cache; `kv` gets its budget from
 /// `kv_budget` unless the caller set one.
 pub fn load(args: &ModelArgs, kv: impl FnOnce(&Device) -> KvCacheConfig) -> Result<Loaded> {
+    medgemma_model::kernels::disable(&args.disable_kernels)?;
     let device = device(&args.device)?;
     let dtype = dtype(&args.dtype, &device)?;
     let dir = medgemma_model::hub::resolve(&args.model, args.revision.as_deref(), args.verify)?;

@@ -226,3 +226,45 @@ fn offline_cache_with_verify_checks_the_manifest() {
         "{stderr}"
     );
 }
+
+/// `--disable-kernels` takes the kernels' names; an unknown one is one clear line,
+/// and turning kernels off leaves the CPU's answer as it is (they are CUDA only).
+#[test]
+fn disable_kernels_takes_known_names() {
+    let model = fixture("tiny-gemma3-text");
+    let run = |kernels: &str| {
+        bin()
+            .args(["generate", "--model"])
+            .arg(&model)
+            .args([
+                "--prompt",
+                "Hi",
+                "--max-tokens",
+                "4",
+                "--disable-kernels",
+                kernels,
+            ])
+            .output()
+            .unwrap()
+    };
+    let bad = run("paged-rows,flash");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.starts_with("error: unknown kernel 'flash'") && stderr.contains("paged-rows"),
+        "{stderr}"
+    );
+    let off = run("paged-rows,softmax,bias-epilogue");
+    let plain = bin()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .args(["--prompt", "Hi", "--max-tokens", "4"])
+        .output()
+        .unwrap();
+    assert!(
+        off.status.success(),
+        "{}",
+        String::from_utf8_lossy(&off.stderr)
+    );
+    assert_eq!(off.stdout, plain.stdout);
+}

@@ -83,7 +83,7 @@ pub fn self_test(device: &Device, dtype: DType, in_dim: usize, out_dim: usize) -
 
 /// Whether the decoder's linear layers may use the kernel on `device` in `dtype`.
 pub fn usable(dtype: DType, device: &Device) -> bool {
-    crate::ops::kernel_usable("decode gemv", device, dtype, || {
+    crate::ops::kernel_usable("gemv", device, dtype, || {
         self_test(device, dtype, 1160, 301)
     })
 }

@@ -26,6 +26,7 @@ pub mod gemv_plan;
 pub mod generate;
 pub mod hub;
 pub mod image_plan;
+pub mod kernels;
 pub mod kv;
 pub mod kv_budget;
 pub mod kv_rows;

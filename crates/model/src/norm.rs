@@ -38,7 +38,8 @@ impl GemmaRmsNorm {
         next: &GemmaRmsNorm,
     ) -> Result<(Tensor, Tensor)> {
         let narrow = x.dim(candle_core::D::Minus1)? <= crate::add_norm::MAX_COLS;
-        if x.device().is_cuda() && self.eps == next.eps && narrow {
+        let fused = x.device().is_cuda() && crate::kernels::enabled("add-rmsnorm");
+        if fused && self.eps == next.eps && narrow {
             return crate::add_norm::add_rmsnorm(x, h, &self.scale, &next.scale, self.eps);
         }
         let h = (h + self.forward(x)?)?;

@@ -33,16 +33,20 @@ pub fn fused_tolerance(dtype: DType) -> f64 {
     }
 }
 
-/// Whether a kernel may run on `device` in `dtype`: the device is CUDA and `test`
+/// Whether a kernel may run on `device` in `dtype`: the device is CUDA, the kernel
+/// is not turned off, and `test`
 /// (the kernel's worst relative error against its reference) is within
 /// `fused_tolerance`. `test` runs only on CUDA devices.
+/// `kernel` is one of `kernels::NAMES`: one the operator turned off is not used.
 pub fn kernel_usable(
     kernel: &str,
     device: &candle_core::Device,
     dtype: DType,
     test: impl FnOnce() -> Result<f64>,
 ) -> bool {
-    device.is_cuda() && self_test_passes(kernel, test(), fused_tolerance(dtype))
+    device.is_cuda()
+        && crate::kernels::enabled(kernel)
+        && self_test_passes(kernel, test(), fused_tolerance(dtype))
 }
 
 /// Whether a fused kernel's self-test on the device passed; says which way it

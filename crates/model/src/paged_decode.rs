@@ -15,7 +15,7 @@ pub fn supported(q: &Tensor, head_dim: usize) -> bool {
 
 /// Whether the kernel serves heads of `head_dim` on `device`.
 pub fn serves(device: &candle_core::Device, head_dim: usize) -> bool {
-    cfg!(feature = "cuda") && device.is_cuda() && head_dim.is_multiple_of(32) && head_dim <= 256
+    crate::paged_rows::serves(device, head_dim) && crate::kernels::enabled("paged-decode")
 }
 
 /// `q` `[seqs, heads, head_dim]`, pools `[slots, kv_heads * head_dim]`, `slots`

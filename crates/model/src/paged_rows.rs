@@ -34,9 +34,10 @@ impl Row {
     }
 }
 
-/// Whether the kernel takes heads of `head_dim` on `device` (as the decode kernel).
+/// Whether the kernel takes heads of `head_dim` on `device`: CUDA, whole warps of
+/// at most eight lanes' values each.
 pub fn serves(device: &Device, head_dim: usize) -> bool {
-    crate::paged_decode::serves(device, head_dim)
+    cfg!(feature = "cuda") && device.is_cuda() && head_dim.is_multiple_of(32) && head_dim <= 256
 }
 
 /// `q` `[tokens, heads, head_dim]`, pools `[pool slots, kv_heads * head_dim]`,
@@ -234,7 +235,7 @@ pub fn usable(
     head_dim: usize,
 ) -> bool {
     serves(device, head_dim)
-        && crate::ops::kernel_usable("paged rows attention", device, dtype, || {
+        && crate::ops::kernel_usable("paged-rows", device, dtype, || {
             self_test(device, dtype, heads, kv_heads, head_dim)
         })
 }

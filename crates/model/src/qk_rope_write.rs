@@ -154,7 +154,7 @@ pub fn usable(cfg: &TextConfig, dtype: DType, device: &Device) -> bool {
         cfg.num_key_value_heads,
         cfg.head_dim,
     );
-    crate::ops::kernel_usable("q/k norm + RoPE + KV write", device, dtype, || {
+    crate::ops::kernel_usable("qk-rope-write", device, dtype, || {
         self_test(device, dtype, heads, kv_heads, d)
     })
 }
