@@ -15,6 +15,7 @@
 
 mod goldens;
 mod kernels;
+mod rows;
 mod stages;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +70,11 @@ pub fn run(args: CheckArgs) -> Result<()> {
     }
     if !kernels::check(&device)? {
         summary.failures += 1;
+    }
+    for dtype in [DType::F32, low] {
+        if !rows::check(&device, &fixtures[0], dtype)? {
+            summary.failures += 1;
+        }
     }
     println!(
         "check: {} prompts in {} fixtures, {} failed; worst {} stage error {:.2e} ({}; tolerance {:.0e}), \

@@ -127,4 +127,10 @@ fn check_runs_every_fixture_prompt_on_the_cpu() {
         );
     }
     assert!(stdout.contains(" 0 failed;"), "{stdout}");
+    // The rows attention's plan, through its host form, in both precisions.
+    let rows = stdout
+        .lines()
+        .filter(|l| l.contains("rows attention end to end") && l.contains("(ok;"))
+        .count();
+    assert_eq!(rows, 2, "{stdout}");
 }

@@ -109,7 +109,7 @@ pub fn check(device: &Device) -> Result<bool> {
 }
 
 /// Prints one case's line; whether it passed.
-fn report(what: &str, dtype: DType, err: f64, tol: f64) -> bool {
+pub(super) fn report(what: &str, dtype: DType, err: f64, tol: f64) -> bool {
     let pass = err <= tol;
     println!(
         "kernels: {what} {}: max error {err:.2e} relative ({}; tolerance {tol:.0e})",
