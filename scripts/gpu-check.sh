@@ -9,9 +9,9 @@
 #      (decode steps replayed from CUDA graphs, as the server runs);
 #   3. the same at concurrency 1 and 64 with `--enforce-eager`, for the graphs' gain;
 #   3b. the same at concurrency 1 and 64 with the image request, with the rows
-#      attention and the vision bias epilogues turned off (`--disable-kernels
-#      paged-rows,bias-epilogue`), for what they gain: 64-stream time to first
-#      token (rows) and the image's (epilogues);
+#      attention, the vision bias epilogues and the fused vision attention turned
+#      off (`--disable-kernels paged-rows,bias-epilogue,vision-attention`), for what
+#      they gain: 64-stream time to first token (rows) and the image's (the others);
 #   4. the same-run baseline: transformers' `generate` on the same shapes
 #      (tools/bench/transformers_baseline.py; skipped where python3 has no
 #      transformers);
@@ -55,10 +55,10 @@ timeout --kill-after=10 "$EAGER_TIMEOUT" bash "$RUN" "$BIN" \
   bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,64 \
   --enforce-eager 2>&1 | tee "$OUT_DIR/bench-4b-eager.txt"
 
-echo "== bench, rows attention and vision epilogues off (at most ${UNFUSED_TIMEOUT}s)"
+echo "== bench, rows attention and vision kernels off (at most ${UNFUSED_TIMEOUT}s)"
 timeout --kill-after=10 "$UNFUSED_TIMEOUT" bash "$RUN" "$BIN" \
   bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,64 \
-  --images 1 --disable-kernels paged-rows,bias-epilogue 2>&1 | tee "$OUT_DIR/bench-4b-unfused.txt"
+  --images 1 --disable-kernels paged-rows,bias-epilogue,vision-attention 2>&1 | tee "$OUT_DIR/bench-4b-unfused.txt"
 
 echo "== transformers baseline (at most ${BASELINE_TIMEOUT}s)"
 if python3 -c "import torch, transformers" 2>/dev/null; then

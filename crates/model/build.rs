@@ -15,6 +15,7 @@ const KERNELS: &[&str] = &[
     "softmax",
     "bias_epilogue",
     "paged_rows",
+    "vision_attention",
 ];
 
 fn main() {
@@ -30,6 +31,7 @@ fn main() {
     let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
     println!("cargo:rerun-if-changed=kernels/convert.cuh");
     println!("cargo:rerun-if-changed=kernels/attend_keys.cuh");
+    println!("cargo:rerun-if-changed=kernels/mma.cuh");
     for name in KERNELS {
         let src = format!("kernels/{name}.cu");
         println!("cargo:rerun-if-changed={src}");

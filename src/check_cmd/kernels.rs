@@ -13,7 +13,7 @@ use anyhow::Result;
 use medgemma_model::bias_epilogue::{self, Widths};
 use medgemma_model::ops::{fused_tolerance, max_relative_error as rel_err};
 use medgemma_model::paged_decode::{paged_decode, reference};
-use medgemma_model::{add_norm, argmax, gelu_mul, gemv, softmax};
+use medgemma_model::{add_norm, argmax, gelu_mul, gemv, softmax, vision_attention};
 use medgemma_model::{paged_rows, qk_rope_write};
 use medgemma_model::{DType, Device};
 
@@ -97,6 +97,23 @@ pub fn check(device: &Device) -> Result<bool> {
             );
             ok &= report(&what, dtype, err, fused_tolerance(dtype));
         }
+    }
+    for dtype in [DType::BF16, DType::F16] {
+        // SigLIP's heads (72 wide, 1024 patches here) and a small tower's.
+        for (head_dim, patches) in [(72, 1024), (16, 70)] {
+            let err = vision_attention::self_test(device, dtype, head_dim, patches)?;
+            let what = format!(
+                "vision attention (fused) heads of {head_dim}, {patches} patches, against f32"
+            );
+            ok &= report(&what, dtype, err, fused_tolerance(dtype));
+        }
+        let (fused, unfused) = vision_attention::timings(device, dtype, 16, 4096, 72)?;
+        println!(
+            "kernels: vision attention at 896 px (16 heads x 4096 patches x 72) {}: fused {:.3} ms, unfused {:.3} ms",
+            dtype.as_str(),
+            fused * 1e3,
+            unfused * 1e3
+        );
     }
     let wrong = argmax::self_test(device, 262_208)?;
     ok &= report(

@@ -16,6 +16,10 @@
 using std::isinf;
 using std::isnan;
 
+// Kernels may ask whether they are being emulated (for the tensor-core instructions,
+// which mma.cuh emulates here).
+#define MEDGEMMA_EMU 1
+
 #ifdef EMU_SCAN
 // Preprocessing pass of build.rs: leaves a mark where each kernel is defined.
 #define __global__ EMU_KERNEL_MARK
@@ -27,6 +31,7 @@ using std::isnan;
 #define __forceinline__ inline
 #define __shared__ static thread_local
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 #define __restrict__ __restrict
 
 struct dim3 {
@@ -57,6 +62,9 @@ void barrier(int warp);
 // that lane does not exist).
 uint64_t *lane_slot(unsigned lane);
 unsigned linear_thread();
+// Every lane of the calling thread's warp gives `bytes` (at most 64) from `mine`;
+// `all` receives them in lane order (zeros for lanes the warp does not have).
+void warp_exchange(const void *mine, void *all, std::size_t bytes);
 }  // namespace emu
 
 #define threadIdx (emu::place.thread)
@@ -139,3 +147,43 @@ inline __nv_bfloat16 __float2bfloat16(float x) {
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
   return {__float2bfloat16(a), __float2bfloat16(b)};
 }
+
+// How __trap behaves here: the emulated launch cannot recover, so the test aborts.
+inline void __trap() { __builtin_trap(); }
+
+namespace emu {
+inline float half_bits(uint16_t b, __nv_bfloat16) { return __bfloat162float({b}); }
+inline float half_bits(uint16_t b, __half) { return __half2float({b}); }
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: D = A B + C over the warp, each
+// lane holding the fragments PTX documents (groupID = lane / 4, t = lane % 4):
+// a0 A[g][2t..2t+1], a1 A[g+8][2t..], a2 A[g][2t+8..], a3 A[g+8][2t+8..];
+// b0 B[2t..2t+1][g], b1 B[2t+8..2t+9][g]; c0, c1 C[g][2t..2t+1], c2, c3 C[g+8][2t..].
+// Products summed in f32 in k order (the hardware's order is not specified).
+template <typename T> void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+  struct Frag {
+    uint32_t a[4], b[2];
+  } mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}}, all[32];
+  warp_exchange(&mine, all, sizeof(Frag));
+  float A[16][16], B[16][8];
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    const Frag &f = all[lane];
+    const int rows[4] = {g, g + 8, g, g + 8}, cols[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+    for (int r = 0; r < 4; ++r)
+      for (int h = 0; h < 2; ++h)
+        A[rows[r]][cols[r] + h] = half_bits(uint16_t(f.a[r] >> (16 * h)), T());
+    for (int r = 0; r < 2; ++r)
+      for (int h = 0; h < 2; ++h)
+        B[2 * t + 8 * r + h][g] = half_bits(uint16_t(f.b[r] >> (16 * h)), T());
+  }
+  const unsigned lane = linear_thread() % 32;
+  const int g = int(lane / 4), t = int(lane % 4);
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + (i % 2);
+    float sum = c[i];
+    for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+    c[i] = sum;
+  }
+}
+}  // namespace emu

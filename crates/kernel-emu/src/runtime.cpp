@@ -34,6 +34,7 @@ struct Launch {
   Barrier block;
   std::vector<Barrier> warps;
   std::vector<uint64_t> slots;
+  std::vector<unsigned char> exchange;
   uint64_t progress = 0;
 };
 
@@ -117,6 +118,23 @@ uint64_t *lane_slot(unsigned lane) {
 }
 
 unsigned linear_thread() { return running->current; }
+
+void warp_exchange(const void *mine, void *all, std::size_t bytes) {
+  constexpr std::size_t SLOT = 64;
+  Launch &l = *running;
+  const unsigned me = l.current, warp = me / 32;
+  std::memcpy(&l.exchange[me * SLOT], mine, bytes < SLOT ? bytes : SLOT);
+  barrier(int(warp));
+  auto *out = static_cast<unsigned char *>(all);
+  for (unsigned lane = 0; lane < 32; ++lane) {
+    const unsigned t = warp * 32 + lane;
+    if (t < l.threads)
+      std::memcpy(out + lane * bytes, &l.exchange[t * SLOT], bytes);
+    else
+      std::memset(out + lane * bytes, 0, bytes);
+  }
+  barrier(int(warp));
+}
 }  // namespace emu
 
 // Runs `call(params)` over the grid; 0 when every block ran to its end.
@@ -135,6 +153,7 @@ extern "C" int emu_run(void (*call)(void *const *), void *const *params, const u
   l->fibers.resize(threads);
   for (auto &f : l->fibers) f.stack.reset(new char[emu::STACK_BYTES]);
   l->slots.assign(threads, 0);
+  l->exchange.assign(threads * 64, 0);
   emu::running = l.get();
   const dim3 block_dim{block[0], block[1], block[2]};
   emu::place.block_dim = block_dim;

@@ -17,6 +17,7 @@ pub const NAMES: &[&str] = &[
     "argmax",
     "softmax",
     "bias-epilogue",
+    "vision-attention",
 ];
 
 static DISABLED: OnceLock<Vec<String>> = OnceLock::new();

@@ -50,6 +50,7 @@ pub mod synthetic;
 pub mod text;
 pub mod verify;
 pub mod vision;
+pub mod vision_attention;
 pub mod weights;
 
 pub use batch::{ForwardBatch, SeqSpan};

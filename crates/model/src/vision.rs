@@ -108,6 +108,8 @@ impl Biased {
 struct Kernels {
     softmax: bool,
     epilogue: bool,
+    /// The fused attention (`vision_attention`), which also makes `softmax` moot.
+    attention: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +156,9 @@ impl SelfAttention {
         } else {
             epilogue::reference::qkv_heads(&qkv, &self.qkv.bias, heads)?
         };
+        if kernels.attention {
+            return crate::vision_attention::attention(&q, &k, &v);
+        }
         let scores = q.matmul(&k.t()?)?;
         let probs = if kernels.softmax && crate::softmax::serves(&scores) {
             crate::softmax::softmax(&scores)?
@@ -280,9 +285,14 @@ impl VisionTower {
             intermediate: cfg.intermediate_size,
             heads: cfg.num_attention_heads,
         };
+        let head_dim = cfg.hidden_size / cfg.num_attention_heads.max(1);
+        let heads = cfg.num_attention_heads;
+        let (dtype, device) = (vb.dtype(), vb.device());
+        let attention = crate::vision_attention::usable(device, dtype, heads, patches, head_dim);
         let kernels = Kernels {
-            softmax: crate::softmax::usable(vb.dtype(), vb.device(), patches),
-            epilogue: epilogue::usable(vb.device(), vb.dtype(), widths),
+            softmax: !attention && crate::softmax::usable(dtype, device, patches),
+            epilogue: epilogue::usable(device, dtype, widths),
+            attention,
         };
         Ok(Self {
             patch_embedding,
