@@ -79,7 +79,8 @@ pub struct ModelArgs {
     #[arg(long, env = "MEDGEMMA_DEVICE", default_value = "auto")]
     pub device: String,
     /// Fused CUDA kernels to leave unused, comma-separated (paged-decode, paged-rows,
-    /// add-rmsnorm, qk-rope-write, gelu-mul, gemv, argmax, softmax, bias-epilogue):
+    /// add-rmsnorm, qk-rope-write, gelu-mul, gemv, argmax, softmax, bias-epilogue,
+    /// vision-attention):
     /// their steps run on the unfused ops.
     #[arg(long, env = "MEDGEMMA_DISABLE_KERNELS", value_delimiter = ',')]
     pub disable_kernels: Vec<String>,
