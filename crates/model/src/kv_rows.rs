@@ -10,17 +10,19 @@ use crate::batch::ForwardBatch;
 use crate::mask::MaskSpec;
 use crate::paged_rows::Row;
 
-/// Key-query pairs per sequence (new tokens times keys, on average over the step's
-/// sequences) up to which the rows kernel is taken over the per-sequence path: its
-/// per-(row, head) blocks read every visible key, while the per-sequence path pays
-/// about a dozen launches a sequence and layer but reads keys in large matrix
-/// products. A prompt of about 180 tokens; an estimate from the H200 figures (a
-/// launch costs 4–6 µs there), not yet measured against the kernel.
+/// Key-query pairs (new tokens times keys, decodes included) per prefilling
+/// sequence up to which the rows kernel is taken over the per-sequence path: its
+/// per-(row, head) blocks read every visible key, so its cost grows with the
+/// pairs, while the per-sequence path pays about a dozen launches per prefilling
+/// sequence and layer (its decodes share one kernel launch) but reads keys in
+/// large matrix products. A prompt of about 180 tokens; an estimate from the H200
+/// figures (a launch costs 4–6 µs there), not yet measured against the kernel.
 const PAIRS_PER_SEQUENCE: usize = 32_768;
 
 /// Whether `batch` goes through the rows kernel: some sequence is not decoding
 /// (all-decode steps have the decode kernel and its CUDA graphs), every image's
-/// soft tokens are one run, and the key-query pairs are few enough.
+/// soft tokens are one run, and the key-query pairs are few enough for the
+/// prefilling sequences.
 pub fn worth_it(batch: &ForwardBatch) -> bool {
     if batch.spans.iter().all(|s| s.is_decode()) {
         return false;
@@ -34,7 +36,8 @@ pub fn worth_it(batch: &ForwardBatch) -> bool {
         .iter()
         .map(|s| s.len * (s.start_pos + s.len))
         .sum();
-    images_as_runs && pairs <= PAIRS_PER_SEQUENCE * batch.spans.len()
+    let prefills = batch.spans.iter().filter(|s| !s.is_decode()).count();
+    images_as_runs && pairs <= PAIRS_PER_SEQUENCE * prefills
 }
 
 /// One group's rows: every span's keys (positions `k_start..` of its `slots`) and a
@@ -110,6 +113,12 @@ mod tests {
         assert!(worth_it(&batch(&[(5, 1, None), (0, 20, None)])));
         assert!(worth_it(&batch(&vec![(0, 128, None); 64])));
         assert!(!worth_it(&batch(&[(0, 4096, None)])), "a long prompt");
+        let mut beside_decodes = vec![(2000, 1, None); 63];
+        beside_decodes.push((0, 1000, None));
+        assert!(
+            !worth_it(&batch(&beside_decodes)),
+            "decodes share one launch on the other path: they do not make room"
+        );
         let split_image = Some(vec![0, 0, -1, 0]);
         assert!(!worth_it(&batch(&[(0, 4, split_image)])));
         assert!(worth_it(&batch(&[(0, 4, Some(vec![-1, 0, 0, -1]))])));
