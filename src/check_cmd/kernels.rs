@@ -99,6 +99,12 @@ pub fn check(device: &Device) -> Result<bool> {
         }
     }
     for dtype in [DType::BF16, DType::F16] {
+        if !vision_attention::serves(device, dtype, 72) {
+            println!(
+                "kernels: vision attention (fused) needs compute capability 8.0: not used here"
+            );
+            break;
+        }
         // SigLIP's heads (72 wide, 1024 patches here) and a small tower's.
         for (head_dim, patches) in [(72, 1024), (16, 70)] {
             let err = vision_attention::self_test(device, dtype, head_dim, patches)?;

@@ -50,9 +50,11 @@ pub fn reference(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         .reshape((images * patches, heads * d))
 }
 
-/// Whether the kernel takes heads of `head_dim` in `dtype` on `device`.
+/// Whether the kernel takes heads of `head_dim` in `dtype` on `device`: a GPU of
+/// compute capability 8.0 or newer (its tensor-core instruction), bf16 or f16.
 pub fn serves(device: &Device, dtype: DType, head_dim: usize) -> bool {
-    device.is_cuda() && matches!(dtype, DType::BF16 | DType::F16) && HEAD_DIMS.contains(&head_dim)
+    let tensor_cores = crate::device::compute_capability(device).is_some_and(|cc| cc >= (8, 0));
+    tensor_cores && matches!(dtype, DType::BF16 | DType::F16) && HEAD_DIMS.contains(&head_dim)
 }
 
 /// `vision_attention_*`'s launch for `q` `[images, heads, patches, head_dim]`: a
