@@ -61,4 +61,11 @@ pub trait Executor: Send {
     fn images_encoded(&self) -> (u64, u64) {
         (0, 0)
     }
+    /// Positions past a decoding sequence's next token that its blocks should
+    /// already hold: an executor that runs the next decode step ahead (before the
+    /// scheduler has seen this step's tokens) writes there. The scheduler reserves
+    /// them only where free blocks allow; the executor checks before using them.
+    fn lookahead_slots(&self) -> usize {
+        0
+    }
 }

@@ -275,6 +275,9 @@ impl<E: Executor> Engine<E> {
     /// running sequences until it fits; false when `i` itself had to go.
     fn reserve(&mut self, i: usize, chunk: &ScheduledSeq) -> bool {
         let end = chunk.start_pos + chunk.tokens.len();
+        if self.reserve_lookahead(i, chunk) {
+            return true;
+        }
         loop {
             let seq = &mut self.running[i];
             if self
@@ -290,6 +293,22 @@ impl<E: Executor> Engine<E> {
                 return false;
             }
         }
+    }
+
+    /// A decoding sequence's blocks for its token and the executor's lookahead
+    /// slots past it, when they fit in the free blocks; nobody is preempted for
+    /// them (false: reserve the token alone).
+    fn reserve_lookahead(&mut self, i: usize, chunk: &ScheduledSeq) -> bool {
+        let extra = self.executor.lookahead_slots();
+        if extra == 0 || chunk.tokens.len() != 1 {
+            return false;
+        }
+        let end = chunk.start_pos + 1;
+        let ahead = (end + extra).min(self.config.max_model_len).max(end);
+        let seq = &mut self.running[i];
+        self.blocks
+            .extend(&mut seq.blocks, chunk.start_pos, ahead)
+            .is_ok()
     }
 
     /// Takes a running sequence's blocks back; it waits at the front and is

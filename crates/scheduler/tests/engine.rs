@@ -89,10 +89,19 @@ fn a_full_queue_refuses_and_empty_prompts_are_invalid() {
 
 /// Thousands of random joins, early drops and completions on a pool small enough
 /// to preempt: every sequence the executor ever held is released, every block
-/// returns to the pool, and every kept stream ends with its full output.
+/// returns to the pool, and every kept stream ends with its full output; also
+/// with blocks reserved a position ahead for decoding sequences.
 #[test]
 fn random_joins_leaves_and_cancels_leak_nothing() {
-    let fake = Fake::with_pool(60, vec![None, Some(8), Some(8)]);
+    random_churn(0);
+    random_churn(1);
+}
+
+fn random_churn(lookahead: usize) {
+    let fake = Fake {
+        lookahead,
+        ..Fake::with_pool(60, vec![None, Some(8), Some(8)])
+    };
     let f = fake.clone();
     let h = SchedulerHandle::spawn(
         SchedulerConfig {
@@ -176,9 +185,18 @@ fn wait_for_no_blocks(h: &SchedulerHandle) {
 
 #[test]
 fn when_blocks_run_out_the_newest_is_preempted_and_resumes() {
+    preempts_the_newest(0);
+    // Blocks reserved ahead never cost a preemption of their own.
+    preempts_the_newest(1);
+}
+
+fn preempts_the_newest(lookahead: usize) {
     // 12 blocks of 4 tokens, one full-attention group: 48 token slots for four
     // sequences that grow to 20 tokens each.
-    let fake = Fake::with_pool(12, vec![None]);
+    let fake = Fake {
+        lookahead,
+        ..Fake::with_pool(12, vec![None])
+    };
     let f = fake.clone();
     let h = SchedulerHandle::spawn(config(64), move || f);
     let streams: Vec<_> = (0..4u32)
@@ -207,6 +225,38 @@ fn when_blocks_run_out_the_newest_is_preempted_and_resumes() {
     }
     drop(log);
     h.shutdown();
+}
+
+/// An executor that runs decode steps ahead gets each decoding sequence's next
+/// position already in its tables, up to the longest sequence allowed; without
+/// it, blocks are taken as tokens need them.
+#[test]
+fn decoding_sequences_hold_the_next_position_when_the_executor_asks() {
+    for lookahead in [0, 1] {
+        let fake = Fake {
+            lookahead,
+            ..Fake::with_pool(100, vec![None, Some(6)])
+        };
+        let f = fake.clone();
+        let h = SchedulerHandle::spawn(config(64), move || f);
+        let (ids, _) = collect(h.submit(request(vec![1, 2, 3], 97, vec![])).unwrap());
+        assert_eq!(ids.len(), 97);
+        h.shutdown();
+        let log = fake.log.lock().unwrap();
+        let decodes: Vec<_> = log.iter().skip(1).map(|b| &b.seqs[0]).collect();
+        assert_eq!(decodes.len(), 96);
+        for s in decodes {
+            let next = s.start_pos + 1;
+            let held = s.block_tables.iter().all(|t| t.slot(next, 4).is_some());
+            // The longest sequence (config: 100) never needs position 100.
+            let wanted = lookahead == 1 && next < 100;
+            if wanted {
+                assert!(held, "position {next} held ahead");
+            } else if next % 4 == 0 {
+                assert!(!held, "position {next} not taken before it is needed");
+            }
+        }
+    }
 }
 
 #[test]

@@ -30,6 +30,8 @@ pub struct Fake {
     pub layout: KvLayout,
     /// A sequence holding this token is refused as invalid (alone).
     pub reject_token: Option<u32>,
+    /// What `lookahead_slots` answers.
+    pub lookahead: usize,
 }
 
 impl Default for Fake {
@@ -57,6 +59,7 @@ impl Fake {
                 bytes_per_block: 1,
             },
             reject_token: None,
+            lookahead: 0,
         }
     }
 
@@ -171,6 +174,9 @@ impl Executor for Fake {
     }
     fn kv_layout(&self) -> KvLayout {
         self.layout.clone()
+    }
+    fn lookahead_slots(&self) -> usize {
+        self.lookahead
     }
 }
 
