@@ -10,15 +10,17 @@ use candle_core::{Device, Result, Tensor, D};
 /// The index of each row's largest value: `logits` `[rows, vocab]` f32.
 /// `kernel`: use the CUDA kernel (see `usable`); candle's argmax otherwise.
 pub fn argmax_rows(logits: &Tensor, kernel: bool) -> Result<Vec<u32>> {
+    argmax_ids(logits, kernel)?.to_vec1()
+}
+
+/// As `argmax_rows`, the ids left where the logits are: `[rows]` u32.
+pub fn argmax_ids(logits: &Tensor, kernel: bool) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if kernel && logits.device().is_cuda() && logits.dtype() == candle_core::DType::F32 {
-        return logits
-            .contiguous()?
-            .apply_op1_no_bwd(&cuda::Argmax)?
-            .to_vec1();
+        return logits.contiguous()?.apply_op1_no_bwd(&cuda::Argmax);
     }
     let _ = kernel;
-    logits.argmax(D::Minus1)?.to_vec1()
+    logits.argmax(D::Minus1)
 }
 
 /// Rows the self-test checks: random rows, ties, NaN and -inf.

@@ -147,6 +147,33 @@ impl DecodeGraphs {
         Ok(Some(eager.narrow(0, 0, n)?))
     }
 
+    /// Queues `batch` (all decoding, fed `ids`: its `[sequences]` u32 token ids,
+    /// on the device) through the captured step of its shape, behind the work
+    /// already queued; returns its logits `[sequences, vocab]` (valid until the
+    /// shape's next replay), or `None` when no captured step serves it.
+    pub fn replay_fed(
+        &mut self,
+        text: &TextModel,
+        pool: &KvPool,
+        batch: &ForwardBatch,
+        ids: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let Some(key) = self.shape_of(batch) else {
+            return Ok(None);
+        };
+        let Some(step) = self.steps.get(&key) else {
+            return Ok(None);
+        };
+        let n = batch.spans.len();
+        if ids.dims() != [n] {
+            candle_core::bail!("decode graph: {:?} ids for {n} sequences", ids.dims());
+        }
+        step.load(&prepare(text, pool, batch, key)?)?;
+        step.inputs.ids.slice_set(ids, 0, 0)?;
+        step.replay(text, pool)?;
+        Ok(Some(step.logits.narrow(0, 0, n)?))
+    }
+
     /// `(rows, keys)` of the captured step that serves `batch`, if any may.
     fn shape_of(&self, batch: &ForwardBatch) -> Option<(usize, usize)> {
         if !self.active() || batch.spans.is_empty() {

@@ -18,6 +18,7 @@ use crate::error::ModelError;
 use crate::image_plan::{self, StepImages};
 use crate::kv::KvPool;
 use crate::kv_budget::{plan_for_device, KvCacheConfig};
+use crate::lookahead::{Lookahead, LookaheadStats};
 use crate::model::Gemma3;
 use crate::sampling::Sampler;
 
@@ -46,6 +47,8 @@ pub struct CandleExecutor {
     encoded: u64,
     /// Greedy rows picked by the argmax kernel (it passed its self-test).
     argmax_kernel: bool,
+    /// Replayed greedy decode steps run one step ahead (`crate::lookahead`).
+    ahead: Lookahead,
 }
 
 impl CandleExecutor {
@@ -82,6 +85,7 @@ impl CandleExecutor {
             ),
             encoded: 0,
             argmax_kernel,
+            ahead: Lookahead::new(true),
         })
     }
 
@@ -91,7 +95,6 @@ impl CandleExecutor {
         self
     }
 
-    /// Keeps up to `bytes` of image features for reuse (0: none).
     /// Turns the rows attention kernel on or off for the steps it suits (see
     /// `KvPool::with_paged_rows`; on by default where its self-test passed).
     pub fn with_paged_rows(mut self, on: bool) -> Self {
@@ -99,9 +102,26 @@ impl CandleExecutor {
         self
     }
 
+    /// Keeps up to `bytes` of image features for reuse (0: none).
     pub fn with_encoder_cache(mut self, bytes: usize) -> Self {
         self.encoder = EncoderCache::new(bytes);
         self
+    }
+
+    /// Runs replayed greedy decode steps one step ahead (on by default; it acts
+    /// wherever decode steps are replayed).
+    pub fn with_lookahead(mut self, on: bool) -> Self {
+        self.ahead.set_enabled(on);
+        self
+    }
+
+    /// Steps run ahead, and how many of them answered their step.
+    pub fn lookahead_stats(&self) -> std::sync::Arc<LookaheadStats> {
+        self.ahead.stats()
+    }
+
+    fn runs_ahead(&self) -> bool {
+        self.ahead.enabled() && self.graphs.active()
     }
 
     /// Decode steps captured for replay so far.
@@ -339,6 +359,96 @@ impl CandleExecutor {
     }
 }
 
+impl CandleExecutor {
+    /// Whether the step may use or start a run ahead: decode steps replayed,
+    /// every sequence decoding one token of text, each plain greedy.
+    fn greedy_decode_step(
+        &self,
+        batch: &StepBatch,
+        forward: &ForwardBatch,
+        images: &StepImages,
+    ) -> bool {
+        let plain = |s: &ScheduledSeq| {
+            s.sample
+                && self
+                    .seqs
+                    .get(&s.seq_id)
+                    .is_some_and(|st| st.sampler.is_plain_greedy())
+        };
+        self.runs_ahead()
+            && images.is_empty()
+            && forward.spans.iter().all(|s| s.is_decode() && s.want_logits)
+            && batch.seqs.iter().all(plain)
+    }
+
+    /// A plain greedy decode step (see `crate::lookahead`): its ids from the step
+    /// run ahead when that step was this one, else from its own forward; the next
+    /// step is queued behind it before its ids are read.
+    fn decode_ahead(
+        &mut self,
+        batch: &StepBatch,
+        forward: &ForwardBatch,
+        images: &StepImages,
+        encode: ToEncode,
+    ) -> Result<StepOutput, ExecutorError> {
+        let err = |e: candle_core::Error| ExecutorError::Step(e.to_string());
+        let seqs: Vec<SeqId> = batch.seqs.iter().map(|s| s.seq_id).collect();
+        let ids = match self.ahead.claim(&seqs, forward, &self.pool).map_err(err)? {
+            Some(ids) => ids,
+            None => {
+                let logits = self.forward(forward, images, encode)?;
+                crate::argmax::argmax_ids(&logits, self.argmax_kernel).map_err(err)?
+            }
+        };
+        self.ahead.start_download(&ids).map_err(err)?;
+        if let Err(e) = self.launch_next(seqs, forward, &ids) {
+            tracing::warn!(error = %e, "decode lookahead off: the step run ahead failed");
+            self.ahead.set_enabled(false);
+        }
+        let tokens = self.ahead.finish_download().map_err(err)?;
+        if tokens.len() != batch.seqs.len() {
+            return Err(ExecutorError::Step(format!(
+                "{} ids for {} sequences",
+                tokens.len(),
+                batch.seqs.len()
+            )));
+        }
+        let mut outputs = Vec::with_capacity(tokens.len());
+        for (s, &token) in batch.seqs.iter().zip(&tokens) {
+            let state = self.seqs.get_mut(&s.seq_id).ok_or_else(|| {
+                ExecutorError::Step(format!("sequence {} lost its sampler", s.seq_id))
+            })?;
+            state.sampler.accept_argmax(token);
+            state.sampled_any = true;
+            outputs.push(SeqOutput {
+                seq_id: s.seq_id,
+                token: Some(token),
+                logprobs: None,
+            });
+        }
+        Ok(StepOutput { outputs })
+    }
+
+    /// Queues the decode step after `forward`, fed its device `ids`, where the
+    /// sequences' blocks hold it and a captured step serves its shape.
+    fn launch_next(
+        &mut self,
+        seqs: Vec<SeqId>,
+        forward: &ForwardBatch,
+        ids: &Tensor,
+    ) -> candle_core::Result<()> {
+        let Some(next) = crate::lookahead::next_step(forward, &self.pool) else {
+            return Ok(());
+        };
+        let text = &self.model.text;
+        if let Some(logits) = self.graphs.replay_fed(text, &self.pool, &next, ids)? {
+            let next_ids = crate::argmax::argmax_ids(&logits, self.argmax_kernel)?;
+            self.ahead.hold(seqs, next, next_ids);
+        }
+        Ok(())
+    }
+}
+
 impl Executor for CandleExecutor {
     fn step(&mut self, batch: &StepBatch) -> Result<StepOutput, ExecutorError> {
         let mm = self.model.vision.as_ref().map(|v| &v.config);
@@ -358,7 +468,12 @@ impl Executor for CandleExecutor {
         for (span, groups) in forward.spans.iter_mut().zip(&images.groups) {
             span.image_groups.clone_from(groups);
         }
-        let logits = self.forward(&forward, &images, ToEncode { cached, pixels })?;
+        let encode = ToEncode { cached, pixels };
+        if self.greedy_decode_step(batch, &forward, &images) {
+            return self.decode_ahead(batch, &forward, &images, encode);
+        }
+        self.ahead.drop_pending();
+        let logits = self.forward(&forward, &images, encode)?;
         self.sample(batch, &logits)
     }
 
@@ -368,6 +483,10 @@ impl Executor for CandleExecutor {
 
     fn kv_layout(&self) -> KvLayout {
         self.layout.clone()
+    }
+
+    fn lookahead_slots(&self) -> usize {
+        usize::from(self.runs_ahead())
     }
 
     fn images_encoded(&self) -> (u64, u64) {

@@ -16,6 +16,8 @@ use crate::config::{LayerType, TextConfig};
 use crate::kv_rows::{RowsStep, RowsView};
 use crate::mask::MaskSpec;
 
+mod reads;
+
 /// Which group and slot each layer uses, and each group's attention window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvGroups {
@@ -221,7 +223,7 @@ impl KvPool {
         let mut keys = Vec::with_capacity(batch.spans.len());
         for (i, span) in batch.spans.iter().enumerate() {
             let end = span.start_pos + span.len;
-            let k_start = window.map_or(0, |w| span.start_pos.saturating_sub(w.saturating_sub(1)));
+            let k_start = reads::key_start(window, span.start_pos);
             writes.extend(self.slots(batch, i, g, span.start_pos..end)?);
             keys.push((k_start, self.slots(batch, i, g, k_start..end)?));
         }

@@ -2,7 +2,8 @@
 //! lengths (with and without images) through the scheduler, on a KV pool small
 //! enough to preempt and a token budget small enough to chunk, give exactly the
 //! ids each request gives alone; also with decode steps replayed at fixed,
-//! padded shapes (`DecodeReplay::Rerun`, the CUDA graph path without the capture).
+//! padded shapes (`DecodeReplay::Rerun`, the CUDA graph path without the capture),
+//! and with plain greedy decode steps run one step ahead (`lookahead`).
 
 mod common;
 mod image_common;
@@ -73,7 +74,7 @@ fn run_batched(
     cases: &[Case],
     sampling: &SamplingParams,
     engine: Engine,
-) -> (Vec<Vec<u32>>, u64) {
+) -> (Vec<Vec<u32>>, u64, (u64, u64)) {
     // 4-token blocks, just enough for the longest sequence alone (far less than 32
     // sequences need), and steps of at most 256 tokens.
     let longest = cases
@@ -97,7 +98,9 @@ fn run_batched(
     };
     let exec = executor(ckpt, &kv)
         .with_decode_replay(engine.replay)
-        .with_paged_rows(engine.rows);
+        .with_paged_rows(engine.rows)
+        .with_lookahead(engine.ahead);
+    let ahead = exec.lookahead_stats();
     let h = SchedulerHandle::spawn(
         SchedulerConfig {
             max_num_seqs: 32,
@@ -152,7 +155,7 @@ fn run_batched(
         std::thread::yield_now();
     }
     h.shutdown();
-    (outs, preemptions)
+    (outs, preemptions, (ahead.launched(), ahead.used()))
 }
 
 /// How the batched engine runs: decode steps replayed or not, and steps with
@@ -161,16 +164,35 @@ fn run_batched(
 struct Engine {
     replay: DecodeReplay,
     rows: bool,
+    /// Plain greedy decode steps run one step ahead (where steps are replayed).
+    ahead: bool,
 }
 
 const PLAIN: Engine = Engine {
     replay: DecodeReplay::Off,
     rows: false,
+    ahead: false,
+};
+
+const REPLAYED: Engine = Engine {
+    replay: DecodeReplay::Rerun,
+    rows: false,
+    ahead: false,
 };
 
 fn check(ckpt: &str, with_images: bool, engine: Engine) {
     let g = common::goldens(ckpt);
-    let sampling = greedy(&g.eos_suppressed);
+    check_sampled(ckpt, with_images, engine, &greedy(&g.eos_suppressed));
+}
+
+/// Checks the batched ids against each request alone; returns the steps run
+/// ahead and those of them used.
+fn check_sampled(
+    ckpt: &str,
+    with_images: bool,
+    engine: Engine,
+    sampling: &SamplingParams,
+) -> (u64, u64) {
     let cases = cases(ckpt, with_images);
     assert_eq!(cases.len(), 32);
     let mut alone = executor(ckpt, &KvCacheConfig::default());
@@ -182,7 +204,7 @@ fn check(ckpt: &str, with_images: bool, engine: Engine) {
                 1,
                 &c.prompt,
                 &c.images,
-                &sampling,
+                sampling,
                 &[],
                 c.max_new,
             )
@@ -190,7 +212,7 @@ fn check(ckpt: &str, with_images: bool, engine: Engine) {
             .tokens
         })
         .collect();
-    let (got, preemptions) = run_batched(ckpt, &cases, &sampling, engine);
+    let (got, preemptions, ahead) = run_batched(ckpt, &cases, sampling, engine);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(
             g,
@@ -203,6 +225,7 @@ fn check(ckpt: &str, with_images: bool, engine: Engine) {
         preemptions > 0,
         "{ckpt}: the pool was small enough to preempt"
     );
+    ahead
 }
 
 #[test]
@@ -217,14 +240,29 @@ fn batched_equals_alone_text_only() {
 
 #[test]
 fn batched_equals_alone_with_decode_steps_replayed() {
-    check(
-        "tiny-gemma3",
-        true,
-        Engine {
-            replay: DecodeReplay::Rerun,
-            rows: false,
-        },
-    );
+    check("tiny-gemma3", true, REPLAYED);
+}
+
+/// Plain greedy sequences (ids picked where the logits are), with decode steps
+/// replayed and run one step ahead: every request still gets its ids alone, and
+/// the steps run ahead answer most decode steps, through sequences finishing,
+/// preemptions, new prompts and blocks crossed.
+#[test]
+fn batched_equals_alone_with_decode_steps_run_ahead() {
+    let ahead = Engine {
+        ahead: true,
+        ..REPLAYED
+    };
+    for (ckpt, images) in [("tiny-gemma3", true), ("tiny-gemma3-text", false)] {
+        let (launched, used) = check_sampled(ckpt, images, ahead, &SamplingParams::greedy());
+        assert!(
+            used > 0 && used < launched,
+            "{ckpt}: {used} of {launched} used"
+        );
+        // The same requests with the run ahead off: none launched.
+        let off = check_sampled(ckpt, images, REPLAYED, &SamplingParams::greedy());
+        assert_eq!(off, (0, 0));
+    }
 }
 
 /// The rows attention (one kernel for a step's prefill chunks and decodes, `kv_rows`)
@@ -233,8 +271,8 @@ fn batched_equals_alone_with_decode_steps_replayed() {
 #[test]
 fn batched_equals_alone_through_the_rows_attention() {
     let rows = Engine {
-        replay: DecodeReplay::Off,
         rows: true,
+        ..PLAIN
     };
     check("tiny-gemma3", true, rows);
     check("tiny-gemma3-text", false, rows);

@@ -1,0 +1,194 @@
+//! Greedy decode steps run one step ahead.
+//!
+//! A replayed decode step keeps the GPU busy for a few milliseconds, but between
+//! two steps the host hands the tokens to the scheduler, plans the next step and
+//! copies its inputs: with nothing queued behind the step, the GPU waits for all of
+//! it. So where every sequence of a decode step is plain greedy (its token is the
+//! argmax, picked on the device), the executor launches the *next* step before it
+//! reads this one's tokens: the same sequences one position further, fed the argmax
+//! ids straight from device memory. The host then waits only for this step's ids
+//! (copied out before the next step was queued), and the GPU runs the next step
+//! while the host does its bookkeeping.
+//!
+//! When the scheduler asks for the next step, the run ahead answers it if the
+//! step is that prediction or a part of it: the same sequences in the same order
+//! (some may have finished), each fed the token it was given, at the predicted
+//! position, reading and writing the same KV blocks. Anything else (a new prompt,
+//! a preemption, a sampler that needs the logits) drops the run ahead and the step
+//! runs as usual. A dropped run ahead only ever wrote each of its sequences' next
+//! token into that sequence's own block, at the slot the real step writes the same
+//! values to; a block freed meanwhile is reused only by work queued after it.
+//! The scheduler reserves the next position's block ahead of time
+//! (`Executor::lookahead_slots`), so that block boundaries do not stop it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use candle_core::{Result, Tensor};
+use medgemma_core::SeqId;
+
+use crate::batch::ForwardBatch;
+use crate::kv::KvPool;
+
+/// How often steps were run ahead, and how often the run ahead answered the step.
+#[derive(Debug, Default)]
+pub struct LookaheadStats {
+    launched: AtomicU64,
+    used: AtomicU64,
+}
+
+impl LookaheadStats {
+    /// Steps launched ahead.
+    pub fn launched(&self) -> u64 {
+        self.launched.load(Ordering::Relaxed)
+    }
+
+    /// Steps answered by their run ahead.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// A step launched ahead: the sequences it runs, its batch, the tokens it was fed
+/// and its argmax ids, still on the device.
+struct Pending {
+    seqs: Vec<SeqId>,
+    batch: ForwardBatch,
+    /// The ids the step was fed (known on the host once the step before it is read).
+    fed: Option<Vec<u32>>,
+    ids: Tensor,
+}
+
+/// The executor's run ahead.
+pub struct Lookahead {
+    enabled: bool,
+    pending: Option<Pending>,
+    download: crate::ids_download::IdsDownload,
+    stats: Arc<LookaheadStats>,
+}
+
+impl Lookahead {
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            pending: None,
+            download: crate::ids_download::IdsDownload::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn set_enabled(&mut self, on: bool) {
+        self.enabled = on;
+        self.pending = None;
+    }
+
+    pub fn stats(&self) -> Arc<LookaheadStats> {
+        self.stats.clone()
+    }
+
+    /// Forgets the step run ahead, if any (the next step is not its prediction).
+    pub fn drop_pending(&mut self) {
+        self.pending = None;
+    }
+
+    /// The device ids of `batch` (sequences `seqs`, in order) from the step run
+    /// ahead, when that step computed them; the run ahead is consumed either way.
+    pub fn claim(
+        &mut self,
+        seqs: &[SeqId],
+        batch: &ForwardBatch,
+        pool: &KvPool,
+    ) -> Result<Option<Tensor>> {
+        let Some(p) = self.pending.take() else {
+            return Ok(None);
+        };
+        let Some(rows) = matching_rows(&p, seqs, batch, pool) else {
+            return Ok(None);
+        };
+        self.stats.used.fetch_add(1, Ordering::Relaxed);
+        if rows.len() == p.seqs.len() {
+            return Ok(Some(p.ids));
+        }
+        let index = Tensor::new(rows.as_slice(), p.ids.device())?;
+        Ok(Some(p.ids.index_select(&index, 0)?))
+    }
+
+    /// Keeps a step launched ahead over `batch` (sequences `seqs`), whose argmax
+    /// ids are `ids`; it is fed the ids of the step now being read.
+    pub fn hold(&mut self, seqs: Vec<SeqId>, batch: ForwardBatch, ids: Tensor) {
+        self.stats.launched.fetch_add(1, Ordering::Relaxed);
+        self.pending = Some(Pending {
+            seqs,
+            batch,
+            fed: None,
+            ids,
+        });
+    }
+
+    /// Starts copying a step's device ids to the host (before the step ahead is
+    /// queued behind it).
+    pub fn start_download(&mut self, ids: &Tensor) -> Result<()> {
+        self.download.start(ids)
+    }
+
+    /// The ids being copied, once there; they are what the step ahead was fed.
+    pub fn finish_download(&mut self) -> Result<Vec<u32>> {
+        let ids = self.download.finish()?;
+        if let Some(p) = &mut self.pending {
+            p.fed = Some(ids.clone());
+        }
+        Ok(ids)
+    }
+}
+
+/// The decode step after `batch`: every sequence one position further (its token
+/// still unknown: 0 here), with the same blocks; `None` when a sequence's blocks do
+/// not hold that position yet.
+pub fn next_step(batch: &ForwardBatch, pool: &KvPool) -> Option<ForwardBatch> {
+    let mut next = ForwardBatch::default();
+    for span in &batch.spans {
+        if !span.is_decode() || !span.want_logits {
+            return None;
+        }
+        let i = next.push(&[0], span.start_pos + 1, true);
+        next.spans[i].block_tables.clone_from(&span.block_tables);
+        if !pool.holds(&next.spans[i]) {
+            return None;
+        }
+    }
+    Some(next)
+}
+
+/// For each sequence of `batch`, its row in the step run ahead, when that step
+/// computed exactly what `batch` asks (see the module doc).
+fn matching_rows(
+    p: &Pending,
+    seqs: &[SeqId],
+    batch: &ForwardBatch,
+    pool: &KvPool,
+) -> Option<Vec<u32>> {
+    let fed = p.fed.as_ref()?;
+    if seqs.len() != batch.spans.len() || batch.token_ids.len() != seqs.len() {
+        return None;
+    }
+    let mut rows = Vec::with_capacity(seqs.len());
+    let mut from = 0;
+    for (i, (id, span)) in seqs.iter().zip(&batch.spans).enumerate() {
+        let r = from + p.seqs[from..].iter().position(|s| s == id)?;
+        from = r + 1;
+        let predicted = &p.batch.spans[r];
+        let same = span.is_decode()
+            && span.want_logits
+            && fed.get(r) == Some(&batch.token_ids[i])
+            && pool.same_reads(span, predicted);
+        if !same {
+            return None;
+        }
+        rows.push(r as u32);
+    }
+    Some(rows)
+}
