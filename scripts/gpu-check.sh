@@ -12,6 +12,9 @@
 #      attention, the vision bias epilogues and the fused vision attention turned
 #      off (`--disable-kernels paged-rows,bias-epilogue,vision-attention`), for what
 #      they gain: 64-stream time to first token (rows) and the image's (the others);
+#   3c. the same at concurrency 1 and 8 with `--no-decode-lookahead` (each decode
+#      step's tokens read before the next step is queued), for what running decode
+#      steps ahead gains;
 #   4. the same-run baseline: transformers' `generate` on the same shapes
 #      (tools/bench/transformers_baseline.py; skipped where python3 has no
 #      transformers);
@@ -19,21 +22,23 @@
 # Usage: [OUT_DIR=dir] bash scripts/gpu-check.sh [path/to/medgemma-server]
 #   (default binary: target-gpu/release/medgemma-server under the project).
 # Writes check.txt, bench-4b.{txt,json}, bench-4b-eager.txt, bench-4b-unfused.txt,
-# transformers-4b.{txt,json} and bench-27b.{txt,json} to $OUT_DIR (default
-# ./gpu-check-out): nine files. Each command runs under `timeout` (CHECK_TIMEOUT,
-# BENCH_TIMEOUT, EAGER_TIMEOUT, UNFUSED_TIMEOUT, BASELINE_TIMEOUT, BENCH27_TIMEOUT
-# seconds), so the whole script ends within 9 minutes (about 3.5 on an H200). Exit status: the check's when it failed (124: timed
+# bench-4b-no-lookahead.txt, transformers-4b.{txt,json} and bench-27b.{txt,json} to
+# $OUT_DIR (default ./gpu-check-out): ten files. Each command runs under `timeout`
+# (CHECK_TIMEOUT, BENCH_TIMEOUT, EAGER_TIMEOUT, UNFUSED_TIMEOUT, LOOKAHEAD_TIMEOUT,
+# BASELINE_TIMEOUT, BENCH27_TIMEOUT seconds), so the whole script ends within 9
+# minutes (about 4 on an H200). Exit status: the check's when it failed (124: timed
 # out), else the 4B benchmark's.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${1:-$ROOT/target-gpu/release/medgemma-server}"
 OUT_DIR="${OUT_DIR:-./gpu-check-out}"
 CHECK_TIMEOUT="${CHECK_TIMEOUT:-120}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
-EAGER_TIMEOUT="${EAGER_TIMEOUT:-60}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-130}"
+EAGER_TIMEOUT="${EAGER_TIMEOUT:-50}"
 UNFUSED_TIMEOUT="${UNFUSED_TIMEOUT:-60}"
-BASELINE_TIMEOUT="${BASELINE_TIMEOUT:-75}"
-BENCH27_TIMEOUT="${BENCH27_TIMEOUT:-75}"
+LOOKAHEAD_TIMEOUT="${LOOKAHEAD_TIMEOUT:-40}"
+BASELINE_TIMEOUT="${BASELINE_TIMEOUT:-70}"
+BENCH27_TIMEOUT="${BENCH27_TIMEOUT:-70}"
 # Fused kernels' self-tests and decode graph captures say what is in use.
 export MEDGEMMA_LOG="${MEDGEMMA_LOG:-info,medgemma_model::decode_graph=debug}"
 RUN="$ROOT/scripts/run-on-device.sh"
@@ -59,6 +64,11 @@ echo "== bench, rows attention and vision kernels off (at most ${UNFUSED_TIMEOUT
 timeout --kill-after=10 "$UNFUSED_TIMEOUT" bash "$RUN" "$BIN" \
   bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,64 \
   --images 1 --disable-kernels paged-rows,bias-epilogue,vision-attention 2>&1 | tee "$OUT_DIR/bench-4b-unfused.txt"
+
+echo "== bench, decode steps not run ahead (at most ${LOOKAHEAD_TIMEOUT}s)"
+timeout --kill-after=10 "$LOOKAHEAD_TIMEOUT" bash "$RUN" "$BIN" \
+  bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,8 \
+  --no-decode-lookahead 2>&1 | tee "$OUT_DIR/bench-4b-no-lookahead.txt"
 
 echo "== transformers baseline (at most ${BASELINE_TIMEOUT}s)"
 if python3 -c "import torch, transformers" 2>/dev/null; then

@@ -12,10 +12,12 @@ mod mem;
 mod report;
 mod workload;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use medgemma_core::{Executor, Prompt};
+use medgemma_model::lookahead::LookaheadStats;
 use medgemma_model::{CandleExecutor, DType, Device, Gemma3, KvCacheConfig, ModelConfig, Tensor};
 use medgemma_scheduler::{SchedulerConfig, SchedulerHandle};
 use serde_json::{json, Value};
@@ -44,7 +46,7 @@ struct Setup {
 pub fn run(args: BenchArgs) -> Result<()> {
     let setup = setup(&args)?;
     let needed_len = check_args(&args, &setup.config)?;
-    let (handle, engine, vision_ms) = start_engine(&setup, &args, needed_len)?;
+    let (handle, mut engine, vision_ms, ahead) = start_engine(&setup, &args, needed_len)?;
 
     let pool = TokenPool::new(&setup.config)?;
     let mut rng = Rng::new(args.seed);
@@ -72,6 +74,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         &levels,
         image.as_ref(),
     )?;
+    println!(
+        "decode steps run ahead: {} launched, {} used (--no-decode-lookahead: {})",
+        ahead.launched(),
+        ahead.used(),
+        args.no_decode_lookahead
+    );
+    engine["decode_lookahead"] = json!({"launched": ahead.launched(), "used": ahead.used()});
     if let Some(path) = &args.json {
         let doc = document(&setup, &args, engine, &levels, image.as_ref());
         report::write_json(path, &doc)?;
@@ -84,13 +93,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// Builds the model on the device, allocates the KV cache and starts the engine
-/// thread; returns its handle, what the build took (for the JSON) and the vision
-/// tower's time alone for `--images` images.
+/// thread; returns its handle, what the build took (for the JSON), the vision
+/// tower's time alone for `--images` images and the run-ahead counts.
 fn start_engine(
     setup: &Setup,
     args: &BenchArgs,
     needed_len: usize,
-) -> Result<(SchedulerHandle, Value, Option<f64>)> {
+) -> Result<(SchedulerHandle, Value, Option<f64>, Arc<LookaheadStats>)> {
     let max_c = args.concurrency.iter().copied().max().unwrap_or(1);
     let before = mem::used_now(&setup.device);
     let t = Instant::now();
@@ -116,8 +125,10 @@ fn start_engine(
     };
     let executor = CandleExecutor::new(model, &kv)
         .context("allocating the KV cache")?
-        .with_decode_replay(crate::load::decode_replay(args.enforce_eager));
+        .with_decode_replay(crate::load::decode_replay(args.enforce_eager))
+        .with_lookahead(!args.no_decode_lookahead);
     let layout = executor.kv_layout();
+    let ahead = executor.lookahead_stats();
     tracing::info!(build_s, blocks = layout.num_blocks, "synthetic model ready");
     let handle = SchedulerHandle::spawn(
         SchedulerConfig {
@@ -142,7 +153,7 @@ fn start_engine(
             "max_model_len": layout.max_seq_len,
         },
     });
-    Ok((handle, engine, vision_ms))
+    Ok((handle, engine, vision_ms, ahead))
 }
 
 fn setup(args: &BenchArgs) -> Result<Setup> {
@@ -357,6 +368,7 @@ fn document(
             "kv_cache_bytes": args.kv_cache_bytes,
             "gpu_memory_utilization": args.gpu_memory_utilization,
             "enforce_eager": args.enforce_eager,
+            "decode_lookahead": !args.no_decode_lookahead,
             "disable_kernels": args.disable_kernels,
             "seed": args.seed,
         },

@@ -11,10 +11,13 @@
 //! its bf16 matmuls with and without f32 accumulation by up to 1.4e-2
 //! (README, "Numerics"). The end-to-end logit distances are printed beside it; the
 //! logits come from the executor's full log-softmax, centered (the logits minus
-//! their mean, exactly, since log-softmax only subtracts a constant).
+//! their mean, exactly, since log-softmax only subtracts a constant). (c) Plain
+//! greedy ids in f32, decode steps replayed and run one step ahead, must equal the
+//! CPU's.
 
 mod goldens;
 mod kernels;
+mod lookahead;
 mod rows;
 mod stages;
 
@@ -165,6 +168,9 @@ fn check_fixture(
         for (dtype, run) in [("f32", &runs.dev_f32), (low.as_str(), &runs.dev_low)] {
             println!("{name}: {}", graphs_note(dtype, run));
         }
+    }
+    if !lookahead::check(&name, dir, device, &mut runs.cpu, &goldens.prompts)? {
+        summary.failures += 1;
     }
     Ok(())
 }

@@ -157,6 +157,11 @@ pub struct ServeArgs {
     /// once per batch shape and replayed).
     #[arg(long, env = "MEDGEMMA_ENFORCE_EAGER")]
     pub enforce_eager: bool,
+    /// Wait for each replayed greedy decode step's tokens before queuing the next
+    /// (by default the next step is queued on the GPU first, so the GPU does not
+    /// wait while the host hands out tokens and plans).
+    #[arg(long, env = "MEDGEMMA_NO_DECODE_LOOKAHEAD")]
+    pub no_decode_lookahead: bool,
     /// Compute every prompt in full: no reuse of the KV blocks of earlier requests'
     /// identical prefixes (by default a repeated system prompt, an earlier turn of
     /// the conversation or the same image is computed once; requests share cached
@@ -264,6 +269,9 @@ pub struct BenchArgs {
     /// Run every step eagerly: no CUDA graphs.
     #[arg(long)]
     pub enforce_eager: bool,
+    /// Read each replayed decode step's tokens before queuing the next.
+    #[arg(long)]
+    pub no_decode_lookahead: bool,
     /// Seed of the random prompts and pixels.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

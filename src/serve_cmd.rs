@@ -162,7 +162,8 @@ fn spawn_loader(args: ServeArgs, state: Arc<AppState>) -> tokio::task::JoinHandl
         };
         let executor = loaded
             .executor
-            .with_decode_replay(crate::load::decode_replay(args.enforce_eager));
+            .with_decode_replay(crate::load::decode_replay(args.enforce_eager))
+            .with_lookahead(!args.no_decode_lookahead);
         let scheduler = SchedulerHandle::spawn(config, move || executor);
         let engine = Engine {
             scheduler,

@@ -51,6 +51,8 @@ fn bench_on_a_tiny_config_measures_every_level_and_the_image_request() {
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     assert_eq!(doc["device"]["name"], "cpu");
     assert_eq!(doc["dtype"], "f32");
+    // Decode steps are not replayed on the CPU, so none is run ahead.
+    assert_eq!(doc["engine"]["decode_lookahead"]["launched"], 0);
     assert_eq!(doc["shapes"]["text"]["num_hidden_layers"], 7);
     let levels = doc["levels"].as_array().unwrap();
     assert_eq!(levels.len(), 2);
@@ -133,4 +135,16 @@ fn check_runs_every_fixture_prompt_on_the_cpu() {
         .filter(|l| l.contains("rows attention end to end") && l.contains("(ok;"))
         .count();
     assert_eq!(rows, 2, "{stdout}");
+    // Plain greedy with decode steps run ahead (through the replay's CPU form).
+    for fixture in ["tiny-gemma3", "tiny-gemma3-text"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{fixture}: f32 plain greedy")))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(line.contains("run ahead: ok (ids = CPU on "), "{line}");
+        assert!(
+            !line.contains(" 0 of "),
+            "some steps run ahead were used: {line}"
+        );
+    }
 }
