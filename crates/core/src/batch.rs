@@ -32,6 +32,10 @@ pub struct ScheduledSeq {
 #[derive(Debug, Clone, Default)]
 pub struct StepBatch {
     pub seqs: Vec<ScheduledSeq>,
+    /// The scheduler expects to admit a waiting request next step (one waits, and
+    /// a sequence slot and free blocks are there), so the next step will likely
+    /// not be this one's sequences alone: an executor need not run it ahead.
+    pub admitting: bool,
 }
 
 /// A sequence's result of one step.

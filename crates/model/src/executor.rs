@@ -401,7 +401,12 @@ impl CandleExecutor {
             }
         };
         self.ahead.start_download(&ids).map_err(err)?;
-        if let Err(e) = self.launch_next(seqs, forward, &ids) {
+        // A request about to join would make the next step another one.
+        let launched = match batch.admitting {
+            true => Ok(()),
+            false => self.launch_next(seqs, forward, &ids),
+        };
+        if let Err(e) = launched {
             tracing::warn!(error = %e, "decode lookahead off: the step run ahead failed");
             self.ahead.set_enabled(false);
         }

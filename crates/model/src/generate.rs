@@ -78,7 +78,10 @@ pub fn generate_with_images(
             .assign(&mut seq)
             .map_err(|e| ExecutorError::InvalidBatch(format!("KV cache full: {e}")))?;
         pos += seq.tokens.len();
-        let step = exec.step(&StepBatch { seqs: vec![seq] })?;
+        let step = exec.step(&StepBatch {
+            seqs: vec![seq],
+            admitting: false,
+        })?;
         let o = step.outputs.into_iter().next();
         let Some(token) = o.as_ref().and_then(|o| o.token) else {
             return Err(ExecutorError::Step("no token sampled".into()));

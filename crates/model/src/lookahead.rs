@@ -19,7 +19,10 @@
 //! token into that sequence's own block, at the slot the real step writes the same
 //! values to; a block freed meanwhile is reused only by work queued after it.
 //! The scheduler reserves the next position's block ahead of time
-//! (`Executor::lookahead_slots`), so that block boundaries do not stop it.
+//! (`Executor::lookahead_slots`), so that block boundaries do not stop it, and
+//! marks the steps after which it expects a waiting request to join
+//! (`StepBatch::admitting`): those are not run ahead, their next step being
+//! another.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -277,3 +277,47 @@ fn batched_equals_alone_through_the_rows_attention() {
     check("tiny-gemma3", true, rows);
     check("tiny-gemma3-text", false, rows);
 }
+
+/// Greedy decode steps of one sequence driven by hand, `admitting` as given; returns
+/// the ids and the steps run ahead (launched, used).
+fn decode_by_hand(admitting: bool) -> (Vec<u32>, (u64, u64)) {
+    let g = common::goldens("tiny-gemma3-text");
+    let exec = executor("tiny-gemma3-text", &KvCacheConfig::default());
+    let mut exec = exec.with_decode_replay(DecodeReplay::Rerun);
+    let stats = exec.lookahead_stats();
+    let mut blocks = medgemma_core::DirectBlocks::new(&exec.kv_layout());
+    let (mut next, mut pos, mut ids) = (g.prompts[0].input_ids.clone(), 0, Vec::new());
+    for _ in 0..12 {
+        let mut seq = medgemma_core::ScheduledSeq {
+            seq_id: 1,
+            tokens: std::mem::take(&mut next),
+            start_pos: pos,
+            sample: true,
+            sampling: SamplingParams::greedy(),
+            images: Vec::new(),
+            block_tables: Vec::new(),
+            cached_prefix: Vec::new(),
+        };
+        blocks.assign(&mut seq).unwrap();
+        pos += seq.tokens.len();
+        let batch = medgemma_core::StepBatch {
+            seqs: vec![seq],
+            admitting,
+        };
+        let token = exec.step(&batch).unwrap().outputs[0].token.unwrap();
+        ids.push(token);
+        next = vec![token];
+    }
+    (ids, (stats.launched(), stats.used()))
+}
+
+/// A step whose scheduler is about to admit a request is not run ahead (its
+/// next step would likely be another); the ids are the same either way.
+#[test]
+fn no_step_is_run_ahead_while_a_request_is_about_to_join() {
+    let (joining, ahead) = decode_by_hand(true);
+    assert_eq!(ahead, (0, 0));
+    let (alone, ahead) = decode_by_hand(false);
+    assert_eq!(joining, alone);
+    assert!(ahead.1 > 0 && ahead.1 <= ahead.0, "{ahead:?}");
+}

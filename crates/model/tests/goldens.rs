@@ -186,7 +186,12 @@ fn batched_forward_equals_single_sequences() {
                 blocks.assign(&mut seq).unwrap();
                 seqs.push(seq);
             }
-            let out = exec.step(&StepBatch { seqs: seqs.clone() }).unwrap();
+            let out = exec
+                .step(&StepBatch {
+                    seqs: seqs.clone(),
+                    admitting: false,
+                })
+                .unwrap();
             for (s, o) in seqs.iter().zip(out.outputs) {
                 let i = (s.seq_id - 100) as usize;
                 pos[i] += s.tokens.len();
@@ -232,7 +237,14 @@ fn chunked_prefill_equals_one_prefill() {
         };
         blocks.assign(&mut seq).unwrap();
         start += chunk.len();
-        last = exec.step(&StepBatch { seqs: vec![seq] }).unwrap().outputs[0].token;
+        last = exec
+            .step(&StepBatch {
+                seqs: vec![seq],
+                admitting: false,
+            })
+            .unwrap()
+            .outputs[0]
+            .token;
     }
     assert_eq!(last, Some(p.greedy_ids[0]));
 }

@@ -201,7 +201,12 @@ fn batched_requests_with_images_equal_goldens() {
         for s in seqs.iter_mut() {
             blocks.assign(s).unwrap();
         }
-        let out = exec.step(&StepBatch { seqs: seqs.clone() }).unwrap();
+        let out = exec
+            .step(&StepBatch {
+                seqs: seqs.clone(),
+                admitting: false,
+            })
+            .unwrap();
         for ((s, o), ids) in seqs.iter_mut().zip(out.outputs).zip(got.iter_mut()) {
             let t = o.token.unwrap();
             ids.push(t);
@@ -234,7 +239,10 @@ fn invalid(exec: &mut CandleExecutor, mut seq: ScheduledSeq) -> String {
     DirectBlocks::new(&exec.kv_layout())
         .assign(&mut seq)
         .unwrap();
-    match exec.step(&StepBatch { seqs: vec![seq] }) {
+    match exec.step(&StepBatch {
+        seqs: vec![seq],
+        admitting: false,
+    }) {
         Err(ExecutorError::InvalidSequence { seq: 7, msg }) => msg,
         other => panic!("expected sequence 7 to be invalid, got {other:?}"),
     }
@@ -268,7 +276,12 @@ fn bad_image_batches_are_invalid_not_panics() {
     DirectBlocks::new(&exec.kv_layout())
         .assign(&mut base)
         .unwrap();
-    assert!(exec.step(&StepBatch { seqs: vec![base] }).is_ok());
+    assert!(exec
+        .step(&StepBatch {
+            seqs: vec![base],
+            admitting: false
+        })
+        .is_ok());
 }
 
 #[test]
@@ -334,7 +347,12 @@ fn step_logprobs(exec: &mut CandleExecutor, mut seq: ScheduledSeq) -> Vec<(u32, 
     DirectBlocks::new(&exec.kv_layout())
         .assign(&mut seq)
         .unwrap();
-    let out = exec.step(&StepBatch { seqs: vec![seq] }).unwrap();
+    let out = exec
+        .step(&StepBatch {
+            seqs: vec![seq],
+            admitting: false,
+        })
+        .unwrap();
     out.outputs[0].logprobs.clone().unwrap().top
 }
 
@@ -396,6 +414,7 @@ fn a_generated_soft_token_after_the_image_is_text() {
         let out = exec
             .step(&StepBatch {
                 seqs: vec![seq.clone()],
+                admitting: false,
             })
             .unwrap();
         stepwise = out.outputs[0].logprobs.clone().unwrap().top;

@@ -214,7 +214,16 @@ impl<E: Executor> Engine<E> {
                 .seqs
                 .push(self.with_tables(self.running.len() - 1, chunk));
         }
+        batch.admitting = self.may_admit();
         batch
+    }
+
+    /// Whether a waiting request can likely start next step: one waits, a
+    /// sequence slot is free and so are blocks beyond the watermark.
+    fn may_admit(&self) -> bool {
+        !self.waiting.is_empty()
+            && self.running.len() < self.config.max_num_seqs
+            && self.blocks.free_blocks() > self.watermark()
     }
 
     /// Starts a waiting sequence after the longest prefix of it the cache holds
@@ -347,7 +356,13 @@ impl<E: Executor> Engine<E> {
                 let msg = format!("invalid sequence: {msg}");
                 match one.is_empty() {
                     true => self.fail(&batch, &msg),
-                    false => self.fail(&StepBatch { seqs: one }, &msg),
+                    false => self.fail(
+                        &StepBatch {
+                            seqs: one,
+                            admitting: false,
+                        },
+                        &msg,
+                    ),
                 }
             }
             Err(e) => self.fail(&batch, &e.to_string()),
@@ -417,3 +432,6 @@ impl<E: Executor> Engine<E> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
