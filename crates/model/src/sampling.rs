@@ -161,19 +161,13 @@ impl Sampler {
     }
 
     fn draw(&mut self, logits: &[f32]) -> u32 {
-        let candidates = filtered_distribution(logits, &self.params);
-        let total: f64 = candidates.iter().map(|&(_, p)| p).sum();
+        let mut candidates = candidates(logits, &self.params);
+        let total = candidates.total();
         if candidates.is_empty() || total <= 0.0 || !total.is_finite() {
             return argmax(logits);
         }
-        let mut u = self.rng.random::<f64>() * total;
-        for &(id, p) in &candidates {
-            if u < p {
-                return id;
-            }
-            u -= p;
-        }
-        candidates[candidates.len() - 1].0
+        let u = self.rng.random::<f64>() * total;
+        candidates.pick(u).unwrap_or_else(|| argmax(logits))
     }
 }
 
@@ -189,40 +183,18 @@ pub fn argmax(logits: &[f32]) -> u32 {
 }
 
 /// Tokens kept by temperature, top-k, top-p and min-p with their unnormalized
+/// probabilities, ranked as far as they are read.
+fn candidates(logits: &[f32], p: &SamplingParams) -> Ranked {
+    let mut c = Ranked::new(logits, p.temperature, p.top_k);
+    c.top_p(p.top_p);
+    c.min_p(p.min_p);
+    c
+}
+
+/// Tokens kept by temperature, top-k, top-p and min-p with their unnormalized
 /// probabilities, most likely first.
-fn filtered_distribution(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f64)> {
-    let t = p.temperature.max(1e-5) as f64;
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut probs: Vec<(u32, f64)> = logits
-        .iter()
-        .enumerate()
-        .filter(|(_, &l)| l.is_finite())
-        .map(|(i, &l)| (i as u32, ((l as f64 - max) / t).exp()))
-        .collect();
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if p.top_k > 0 && probs.len() > p.top_k {
-        probs.truncate(p.top_k);
-    }
-    let total: f64 = probs.iter().map(|x| x.1).sum();
-    if p.top_p < 1.0 && total > 0.0 {
-        let mut cum = 0.0;
-        let mut keep = probs.len();
-        for (i, &(_, q)) in probs.iter().enumerate() {
-            cum += q / total;
-            if cum >= p.top_p as f64 {
-                keep = i + 1;
-                break;
-            }
-        }
-        probs.truncate(keep.max(1));
-    }
-    if p.min_p > 0.0 {
-        if let Some(&(_, top)) = probs.first() {
-            let floor = top * p.min_p as f64;
-            probs.retain(|&(_, q)| q >= floor);
-        }
-    }
-    probs
+pub fn filtered_distribution(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f64)> {
+    candidates(logits, p).into_sorted()
 }
 
 /// Log-softmax of the raw logits: the chosen token's and the top `n`.
@@ -255,5 +227,9 @@ pub fn logprobs_of(logits: &[f32], chosen: u32, n: usize) -> TokenLogprobs {
     }
 }
 
+mod ranked;
+pub mod reference;
 #[cfg(test)]
 mod tests;
+
+use ranked::Ranked;

@@ -1,4 +1,6 @@
 use super::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 fn params() -> SamplingParams {
     SamplingParams {
@@ -157,4 +159,78 @@ fn min_tokens_hold_back_the_end_tokens_until_reached() {
     assert_eq!(s.sample(&logits).0, 2);
     assert!(s.is_plain_greedy());
     assert_eq!(s.sample(&logits).0, 0, "two tokens made: the end may come");
+}
+
+/// Rows of several shapes: peaked and flat, with ties, -inf and NaN entries.
+fn rows(rng: &mut StdRng) -> Vec<Vec<f32>> {
+    let mut out = Vec::new();
+    for (len, spread) in [
+        (5, 1.0f32),
+        (300, 0.2),
+        (3000, 4.0),
+        (20_000, 1.5),
+        (20_000, 12.0),
+    ] {
+        let mut row: Vec<f32> = (0..len).map(|_| rng.random::<f32>() * spread).collect();
+        // Ties, and logits the softmax ignores or never picks.
+        for _ in 0..len / 10 {
+            let (a, b) = (rng.random_range(0..len), rng.random_range(0..len));
+            row[a] = row[b];
+        }
+        if len > 10 {
+            row[3] = f32::NEG_INFINITY;
+            row[len / 2] = f32::NAN;
+        }
+        out.push(row);
+    }
+    out
+}
+
+/// Ranked candidates (top-k as a selection, the prefix sorted as it is read) are
+/// the definition's: the same tokens in the same order with the same
+/// probabilities, and every point of a draw lands on the same token.
+#[test]
+fn ranked_candidates_and_draws_equal_the_full_sort() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let settings = [
+        (1.0, 0, 1.0, 0.0),
+        (1.0, 64, 0.95, 0.0),
+        (0.7, 0, 0.95, 0.0),
+        (1.3, 0, 0.999, 0.0),
+        (1.0, 1000, 1.0, 0.05),
+        (0.5, 40, 0.8, 0.1),
+        (2.0, 0, 1.0, 0.001),
+    ];
+    for row in rows(&mut rng) {
+        for &(temperature, top_k, top_p, min_p) in &settings {
+            let p = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                ..params()
+            };
+            let want = reference::full_sort_distribution(&row, &p);
+            let label = format!(
+                "{} logits, t {temperature} k {top_k} p {top_p} min {min_p}",
+                row.len()
+            );
+            assert_eq!(filtered_distribution(&row, &p), want, "{label}");
+            let total: f64 = want.iter().map(|x| x.1).sum();
+            for j in 0..200 {
+                let u = total * j as f64 / 200.0 + rng.random::<f64>() * total / 400.0;
+                let mut walk = u;
+                let expected = want
+                    .iter()
+                    .find(|&&(_, q)| {
+                        let hit = walk < q;
+                        walk -= q;
+                        hit
+                    })
+                    .or(want.last())
+                    .map(|x| x.0);
+                assert_eq!(candidates(&row, &p).pick(u), expected, "{label}, u {u}");
+            }
+        }
+    }
 }
