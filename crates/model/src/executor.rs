@@ -8,7 +8,7 @@ use candle_core::Tensor;
 
 use medgemma_core::{
     Executor, ExecutorError, ImageInput, KvLayout, ScheduledSeq, SeqId, SeqOutput, StepBatch,
-    StepOutput,
+    StepOutput, TokenLogprobs,
 };
 
 use crate::batch::ForwardBatch;
@@ -325,23 +325,15 @@ impl CandleExecutor {
                 .and_then(|t| t.to_vec2())
                 .map_err(err)?
         };
-        let mut full = full.into_iter();
-        let mut tokens = std::collections::HashMap::new();
-        for (row, s) in wanting.iter().enumerate() {
+        let host_ids = host_rows.iter().map(|&i| wanting[i as usize].seq_id);
+        let mut tokens = self.draw_rows(host_ids.collect(), &full)?;
+        for (row, s) in wanting.iter().enumerate().filter(|(row, _)| plain[*row]) {
             let state = self.seqs.get_mut(&s.seq_id).ok_or_else(|| {
                 ExecutorError::Step(format!("sequence {} lost its sampler", s.seq_id))
             })?;
-            let picked = if plain[row] {
-                state.sampler.accept_argmax(argmax[row]);
-                (argmax[row], None)
-            } else {
-                let l = full
-                    .next()
-                    .ok_or_else(|| ExecutorError::Step("missing logits row".into()))?;
-                state.sampler.sample(&l)
-            };
+            state.sampler.accept_argmax(argmax[row]);
             state.sampled_any = true;
-            tokens.insert(s.seq_id, picked);
+            tokens.insert(s.seq_id, (argmax[row], None));
         }
         let outputs = batch
             .seqs
@@ -360,6 +352,40 @@ impl CandleExecutor {
 }
 
 impl CandleExecutor {
+    /// Draws the token of each sequence `ids[j]` from its logits `rows[j]` with
+    /// its own sampler, the rows in parallel (each is a pass over the vocabulary).
+    fn draw_rows(
+        &mut self,
+        ids: Vec<SeqId>,
+        rows: &[Vec<f32>],
+    ) -> Result<HashMap<SeqId, (u32, Option<TokenLogprobs>)>, ExecutorError> {
+        use rayon::prelude::*;
+        if ids.len() != rows.len() {
+            return Err(ExecutorError::Step(format!(
+                "{} logits rows for {} sequences",
+                rows.len(),
+                ids.len()
+            )));
+        }
+        let row_of: HashMap<SeqId, usize> =
+            ids.iter().enumerate().map(|(j, &id)| (id, j)).collect();
+        let jobs: Vec<(SeqId, &mut SeqState, &[f32])> = self
+            .seqs
+            .iter_mut()
+            .filter_map(|(id, st)| row_of.get(id).map(|&j| (*id, st, rows[j].as_slice())))
+            .collect();
+        if jobs.len() != ids.len() {
+            return Err(ExecutorError::Step("a sequence lost its sampler".into()));
+        }
+        Ok(jobs
+            .into_par_iter()
+            .map(|(id, st, row)| {
+                st.sampled_any = true;
+                (id, st.sampler.sample(row))
+            })
+            .collect())
+    }
+
     /// Whether the step may use or start a run ahead: decode steps replayed,
     /// every sequence decoding one token of text, each plain greedy.
     fn greedy_decode_step(

@@ -21,6 +21,39 @@ fn more_likely(a: &(u32, f64), b: &(u32, f64)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
+/// The larger logit first (the more likely token: exp is increasing); equal
+/// logits: lower id first.
+fn larger_logit(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The `k` largest finite logits, unordered, in one pass: a buffer of up to `2k`
+/// takes only what beats the running k-th largest, and is cut back to the `k`
+/// largest when full. On a 262k-token row that is about a comparison a token.
+fn top_logits(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut keep: Vec<(u32, f32)> = Vec::with_capacity(2 * k);
+    // The k-th largest kept so far: nothing that fails to beat it is in the top k.
+    let mut floor: Option<(u32, f32)> = None;
+    for (id, l) in (0u32..).zip(logits.iter().copied()) {
+        let e = (id, l);
+        let beats = floor.is_none_or(|f| larger_logit(&e, &f) == Ordering::Less);
+        if !l.is_finite() || !beats {
+            continue;
+        }
+        keep.push(e);
+        if keep.len() == 2 * k {
+            keep.select_nth_unstable_by(k - 1, larger_logit);
+            keep.truncate(k);
+            floor = Some(keep[k - 1]);
+        }
+    }
+    if keep.len() > k {
+        keep.select_nth_unstable_by(k - 1, larger_logit);
+        keep.truncate(k);
+    }
+    keep
+}
+
 /// Fewest tokens sorted at once.
 const MIN_CHUNK: usize = 64;
 
@@ -33,16 +66,13 @@ impl Ranked {
     pub fn new(logits: &[f32], temperature: f32, top_k: usize) -> Self {
         let t = temperature.max(1e-5) as f64;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let mut finite: Vec<(u32, f32)> = (0u32..)
-            .zip(logits.iter().copied())
-            .filter(|(_, l)| l.is_finite())
-            .collect();
-        if top_k > 0 && finite.len() > top_k {
-            // The larger logit is the more likely token (exp is increasing).
-            finite
-                .select_nth_unstable_by(top_k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            finite.truncate(top_k);
-        }
+        let finite: Vec<(u32, f32)> = match top_k {
+            0 => (0u32..)
+                .zip(logits.iter().copied())
+                .filter(|(_, l)| l.is_finite())
+                .collect(),
+            k => top_logits(logits, k),
+        };
         let items = finite
             .into_iter()
             .map(|(id, l)| (id, ((l as f64 - max) / t).exp()))
