@@ -80,7 +80,7 @@ pub struct ModelArgs {
     pub device: String,
     /// Fused CUDA kernels to leave unused, comma-separated (paged-decode, paged-rows,
     /// add-rmsnorm, qk-rope-write, gelu-mul, gemv, argmax, softmax, bias-epilogue,
-    /// vision-attention):
+    /// vision-attention, topk):
     /// their steps run on the unfused ops.
     #[arg(long, env = "MEDGEMMA_DISABLE_KERNELS", value_delimiter = ',')]
     pub disable_kernels: Vec<String>,

@@ -16,6 +16,7 @@ const KERNELS: &[&str] = &[
     "bias_epilogue",
     "paged_rows",
     "vision_attention",
+    "topk",
 ];
 
 fn main() {

@@ -6,15 +6,16 @@
 //! residual add fused with the RMSNorms around it, the q/k norms fused with RoPE
 //! and the KV write, the MLP's gelu fused with its product, the decode-step
 //! matrix-vector product, the greedy argmax, the vision tower's softmax and its
-//! bias epilogues (the model runs those last six comparisons, and the rows one, itself at load,
-//! before it uses the kernels).
+//! bias epilogues, and the top-k candidates of sampled rows (the model runs those
+//! last seven comparisons, and the rows one, itself at load, before it uses the
+//! kernels).
 
 use anyhow::Result;
 use medgemma_model::bias_epilogue::{self, Widths};
 use medgemma_model::ops::{fused_tolerance, max_relative_error as rel_err};
 use medgemma_model::paged_decode::{paged_decode, reference};
 use medgemma_model::{add_norm, argmax, gelu_mul, gemv, softmax, vision_attention};
-use medgemma_model::{paged_rows, qk_rope_write};
+use medgemma_model::{paged_rows, qk_rope_write, topk};
 use medgemma_model::{DType, Device};
 
 use medgemma_model::Tensor;
@@ -124,6 +125,13 @@ pub fn check(device: &Device) -> Result<bool> {
     let wrong = argmax::self_test(device, 262_208)?;
     ok &= report(
         "greedy argmax, rows of 262208 and 262209 (ties, NaN, -inf): rows wrong",
+        DType::F32,
+        wrong as f64,
+        0.0,
+    );
+    let wrong = topk::self_test(device, 262_208)?;
+    ok &= report(
+        "top-k candidates for the host's draws, rows of 262208 (k 1, 64, 256; ties, zeros, NaN, inf): rows wrong",
         DType::F32,
         wrong as f64,
         0.0,

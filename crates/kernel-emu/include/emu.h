@@ -107,6 +107,14 @@ inline float __int_as_float(int v) {
   return f;
 }
 inline float __expf(float x) { return expf(x); }
+
+// Fibers switch only at barriers, so a plain read-modify-write is atomic here.
+inline unsigned atomicAdd(unsigned *p, unsigned v) {
+  const unsigned old = *p;
+  *p = old + v;
+  return old;
+}
+inline int min(int a, int b) { return a < b ? a : b; }
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
 
 // Half precision: IEEE binary16 through the compiler's _Float16 (rounds to nearest even,

@@ -15,6 +15,7 @@ use crate::batch::ForwardBatch;
 use crate::decode_graph::{DecodeGraphs, DecodeReplay};
 use crate::encoder_cache::EncoderCache;
 use crate::error::ModelError;
+use crate::host_rows::HostRow;
 use crate::image_plan::{self, StepImages};
 use crate::kv::KvPool;
 use crate::kv_budget::{plan_for_device, KvCacheConfig};
@@ -47,6 +48,8 @@ pub struct CandleExecutor {
     encoded: u64,
     /// Greedy rows picked by the argmax kernel (it passed its self-test).
     argmax_kernel: bool,
+    /// Top-k rows sent to the host as their largest logits (`crate::topk`).
+    topk_kernel: bool,
     /// Replayed greedy decode steps run one step ahead (`crate::lookahead`).
     ahead: Lookahead,
 }
@@ -73,6 +76,7 @@ impl CandleExecutor {
         );
         let graphs = DecodeGraphs::new(DecodeReplay::Off, model.text.device(), kv.max_num_seqs);
         let argmax_kernel = crate::argmax::usable(model.text.device(), cfg.vocab_size);
+        let topk_kernel = crate::topk::usable(model.text.device(), cfg.vocab_size);
         Ok(Self {
             model,
             pool,
@@ -85,6 +89,7 @@ impl CandleExecutor {
             ),
             encoded: 0,
             argmax_kernel,
+            topk_kernel,
             ahead: Lookahead::new(true),
         })
     }
@@ -112,6 +117,13 @@ impl CandleExecutor {
     /// wherever decode steps are replayed).
     pub fn with_lookahead(mut self, on: bool) -> Self {
         self.ahead.set_enabled(on);
+        self
+    }
+
+    /// Sends top-k rows to the host as their largest logits (on by default where
+    /// the kernel passed its self-test; on the CPU the host form, for tests).
+    pub fn with_topk_candidates(mut self, on: bool) -> Self {
+        self.topk_kernel = on;
         self
     }
 
@@ -316,17 +328,22 @@ impl CandleExecutor {
         let host_rows: Vec<u32> = (0..wanting.len() as u32)
             .filter(|&i| !plain[i as usize])
             .collect();
-        let full: Vec<Vec<f32>> = if host_rows.is_empty() {
-            Vec::new()
-        } else {
-            let idx = Tensor::new(host_rows.as_slice(), logits.device()).map_err(err)?;
-            logits
-                .index_select(&idx, 0)
-                .and_then(|t| t.to_vec2())
-                .map_err(err)?
-        };
+        let wanted: Vec<(u32, Option<usize>)> = host_rows
+            .iter()
+            .map(|&i| {
+                let sampler = self
+                    .seqs
+                    .get(&wanting[i as usize].seq_id)
+                    .map(|st| &st.sampler);
+                (
+                    i,
+                    sampler.and_then(|s| s.candidates_needed(crate::topk::MAX_K)),
+                )
+            })
+            .collect();
+        let rows = crate::host_rows::fetch(logits, &wanted, self.topk_kernel).map_err(err)?;
         let host_ids = host_rows.iter().map(|&i| wanting[i as usize].seq_id);
-        let mut tokens = self.draw_rows(host_ids.collect(), &full)?;
+        let mut tokens = self.draw_rows(host_ids.collect(), rows)?;
         for (row, s) in wanting.iter().enumerate().filter(|(row, _)| plain[*row]) {
             let state = self.seqs.get_mut(&s.seq_id).ok_or_else(|| {
                 ExecutorError::Step(format!("sequence {} lost its sampler", s.seq_id))
@@ -357,7 +374,7 @@ impl CandleExecutor {
     fn draw_rows(
         &mut self,
         ids: Vec<SeqId>,
-        rows: &[Vec<f32>],
+        rows: Vec<HostRow>,
     ) -> Result<HashMap<SeqId, (u32, Option<TokenLogprobs>)>, ExecutorError> {
         use rayon::prelude::*;
         if ids.len() != rows.len() {
@@ -369,10 +386,10 @@ impl CandleExecutor {
         }
         let row_of: HashMap<SeqId, usize> =
             ids.iter().enumerate().map(|(j, &id)| (id, j)).collect();
-        let jobs: Vec<(SeqId, &mut SeqState, &[f32])> = self
+        let jobs: Vec<(SeqId, &mut SeqState, &HostRow)> = self
             .seqs
             .iter_mut()
-            .filter_map(|(id, st)| row_of.get(id).map(|&j| (*id, st, rows[j].as_slice())))
+            .filter_map(|(id, st)| row_of.get(id).map(|&j| (*id, st, &rows[j])))
             .collect();
         if jobs.len() != ids.len() {
             return Err(ExecutorError::Step("a sequence lost its sampler".into()));
@@ -381,7 +398,11 @@ impl CandleExecutor {
             .into_par_iter()
             .map(|(id, st, row)| {
                 st.sampled_any = true;
-                (id, st.sampler.sample(row))
+                let drawn = match row {
+                    HostRow::Whole(l) => st.sampler.sample(l),
+                    HostRow::Top(c) => (st.sampler.sample_candidates(c), None),
+                };
+                (id, drawn)
             })
             .collect())
     }

@@ -18,6 +18,7 @@ pub const NAMES: &[&str] = &[
     "softmax",
     "bias-epilogue",
     "vision-attention",
+    "topk",
 ];
 
 static DISABLED: OnceLock<Vec<String>> = OnceLock::new();

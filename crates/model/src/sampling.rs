@@ -67,9 +67,47 @@ impl Sampler {
     /// penalties, suppressed tokens or log probabilities. The argmax can then be
     /// taken where the logits are (on the GPU).
     pub fn is_plain_greedy(&self) -> bool {
+        self.params.is_greedy() && self.draws_from_raw_logits()
+    }
+
+    /// The top-k of a draw that needs only the `limit` largest logits of the row
+    /// (`top_k` within it, and nothing that changes or reports the logits); the
+    /// device can then send those instead of the whole row (`crate::topk`).
+    pub fn candidates_needed(&self, limit: usize) -> Option<usize> {
+        let k = self.params.top_k;
+        let fits = !self.params.is_greedy() && (1..=limit).contains(&k);
+        (fits && self.draws_from_raw_logits()).then_some(k)
+    }
+
+    /// Picks the next token from the row's `candidates_needed` largest logits (or
+    /// more), as `sample` would from the whole row when all its logits are finite,
+    /// and records it as generated.
+    pub fn sample_candidates(&mut self, candidates: &[(u32, f32)]) -> u32 {
         let p = &self.params;
-        p.is_greedy()
-            && p.logprobs.is_none()
+        let mut c = Ranked::of_candidates(candidates, p.temperature, p.top_k);
+        c.top_p(p.top_p);
+        c.min_p(p.min_p);
+        let total = c.total();
+        let best = || {
+            let top = ranked::top_logits(candidates.iter().copied(), 1);
+            top.first().map_or(0, |t| t.0)
+        };
+        // As `draw`: the generator is read only when there is something to draw.
+        let token = match !c.is_empty() && total > 0.0 && total.is_finite() {
+            true => {
+                let u = self.rng.random::<f64>() * total;
+                c.pick(u).unwrap_or_else(best)
+            }
+            false => best(),
+        };
+        self.observe_output(token);
+        token
+    }
+
+    /// Nothing changes the raw logits before the choice, and none are reported.
+    fn draws_from_raw_logits(&self) -> bool {
+        let p = &self.params;
+        p.logprobs.is_none()
             && p.logit_bias.is_empty()
             && p.repetition_penalty == 1.0
             && p.frequency_penalty == 0.0
@@ -233,3 +271,9 @@ pub mod reference;
 mod tests;
 
 use ranked::Ranked;
+
+/// The `k` largest finite logits of `row` `(token, logit)`, in no particular order
+/// (ties: lower tokens first).
+pub fn ranked_top_logits(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    ranked::top_logits((0u32..).zip(row.iter().copied()), k)
+}

@@ -99,7 +99,8 @@ fn run_batched(
     let exec = executor(ckpt, &kv)
         .with_decode_replay(engine.replay)
         .with_paged_rows(engine.rows)
-        .with_lookahead(engine.ahead);
+        .with_lookahead(engine.ahead)
+        .with_topk_candidates(engine.candidates);
     let ahead = exec.lookahead_stats();
     let h = SchedulerHandle::spawn(
         SchedulerConfig {
@@ -166,18 +167,21 @@ struct Engine {
     rows: bool,
     /// Plain greedy decode steps run one step ahead (where steps are replayed).
     ahead: bool,
+    /// Top-k rows drawn from their largest logits (`topk`; its host form here).
+    candidates: bool,
 }
 
 const PLAIN: Engine = Engine {
     replay: DecodeReplay::Off,
     rows: false,
     ahead: false,
+    candidates: false,
 };
 
 const REPLAYED: Engine = Engine {
     replay: DecodeReplay::Rerun,
-    rows: false,
     ahead: false,
+    ..PLAIN
 };
 
 fn check(ckpt: &str, with_images: bool, engine: Engine) {
@@ -320,4 +324,23 @@ fn no_step_is_run_ahead_while_a_request_is_about_to_join() {
     let (alone, ahead) = decode_by_hand(false);
     assert_eq!(joining, alone);
     assert!(ahead.1 > 0 && ahead.1 <= ahead.0, "{ahead:?}");
+}
+
+/// Seeded top-k sampling with each row drawn from its largest logits (as a GPU
+/// sends them) gives every request the tokens the whole rows give it alone.
+#[test]
+fn sampled_rows_drawn_from_their_largest_logits_equal_whole_rows() {
+    let sampled = SamplingParams {
+        temperature: 1.3,
+        top_k: 24,
+        top_p: 0.9,
+        seed: Some(17),
+        ..SamplingParams::default()
+    };
+    let candidates = Engine {
+        candidates: true,
+        ..PLAIN
+    };
+    check_sampled("tiny-gemma3", true, candidates, &sampled);
+    check_sampled("tiny-gemma3-text", false, candidates, &sampled);
 }

@@ -22,20 +22,21 @@ fn more_likely(a: &(u32, f64), b: &(u32, f64)) -> Ordering {
 }
 
 /// The larger logit first (the more likely token: exp is increasing); equal
-/// logits: lower id first.
+/// logits (-0 and +0 too, equally likely): lower id first. Finite logits only.
 fn larger_logit(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
-    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+    let by_value = b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal);
+    by_value.then(a.0.cmp(&b.0))
 }
 
 /// The `k` largest finite logits, unordered, in one pass: a buffer of up to `2k`
 /// takes only what beats the running k-th largest, and is cut back to the `k`
 /// largest when full. On a 262k-token row that is about a comparison a token.
-fn top_logits(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+pub(crate) fn top_logits(logits: impl Iterator<Item = (u32, f32)>, k: usize) -> Vec<(u32, f32)> {
     let mut keep: Vec<(u32, f32)> = Vec::with_capacity(2 * k);
     // The k-th largest kept so far: nothing that fails to beat it is in the top k.
     let mut floor: Option<(u32, f32)> = None;
-    for (id, l) in (0u32..).zip(logits.iter().copied()) {
-        let e = (id, l);
+    for e in logits {
+        let l = e.1;
         let beats = floor.is_none_or(|f| larger_logit(&e, &f) == Ordering::Less);
         if !l.is_finite() || !beats {
             continue;
@@ -64,15 +65,27 @@ impl Ranked {
     /// Temperature and top-k (0: every token): the finite logits' probabilities
     /// relative to the largest logit.
     pub fn new(logits: &[f32], temperature: f32, top_k: usize) -> Self {
-        let t = temperature.max(1e-5) as f64;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let finite = (0u32..).zip(logits.iter().copied());
         let finite: Vec<(u32, f32)> = match top_k {
-            0 => (0u32..)
-                .zip(logits.iter().copied())
-                .filter(|(_, l)| l.is_finite())
-                .collect(),
-            k => top_logits(logits, k),
+            0 => finite.filter(|(_, l)| l.is_finite()).collect(),
+            k => top_logits(finite, k),
         };
+        Self::of_finite(finite, max, temperature)
+    }
+
+    /// As `new` on a row whose logits are all finite, from candidates that hold
+    /// at least its `top_k` largest (`top_k` > 0): the rest cannot be kept.
+    pub fn of_candidates(pairs: &[(u32, f32)], temperature: f32, top_k: usize) -> Self {
+        let max = pairs.iter().map(|p| p.1).fold(f32::NEG_INFINITY, f32::max);
+        let kept = top_logits(pairs.iter().copied(), top_k.max(1));
+        Self::of_finite(kept, max, temperature)
+    }
+
+    /// Probabilities of finite logits relative to the row's largest, `max`.
+    fn of_finite(finite: Vec<(u32, f32)>, max: f32, temperature: f32) -> Self {
+        let t = temperature.max(1e-5) as f64;
+        let max = max as f64;
         let items = finite
             .into_iter()
             .map(|(id, l)| (id, ((l as f64 - max) / t).exp()))

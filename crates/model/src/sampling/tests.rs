@@ -234,3 +234,88 @@ fn ranked_candidates_and_draws_equal_the_full_sort() {
         }
     }
 }
+
+/// A draw from the row's largest logits (the device's candidates, in any order and
+/// more than top-k of them) is the draw from the whole row, seed for seed.
+#[test]
+fn drawing_from_the_largest_logits_equals_drawing_from_the_row() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for (len, spread) in [(50, 2.0f32), (5000, 6.0), (20_000, 1.0)] {
+        let mut row: Vec<f32> = (0..len)
+            .map(|_| (rng.random::<f32>() - 0.5) * spread)
+            .collect();
+        row[7] = 0.0;
+        row[9] = -0.0;
+        row[11] = row[13];
+        for (temperature, top_k, top_p, min_p) in [
+            (1.0, 64, 0.95, 0.0),
+            (0.6, 5, 1.0, 0.0),
+            (1.4, 40, 0.7, 0.05),
+            (1.0, 2, 1.0, 0.0),
+        ] {
+            let p = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                seed: Some(len as u64),
+                ..SamplingParams::default()
+            };
+            let mut whole = Sampler::new(p.clone());
+            let mut sparse = Sampler::new(p);
+            assert_eq!(sparse.candidates_needed(256), Some(top_k));
+            let mut candidates = ranked::top_logits((0u32..).zip(row.iter().copied()), top_k + 17);
+            candidates.reverse();
+            for draw in 0..40 {
+                let want = whole.sample(&row).0;
+                assert_eq!(
+                    sparse.sample_candidates(&candidates),
+                    want,
+                    "{len} logits, k {top_k}, draw {draw}"
+                );
+            }
+        }
+    }
+    // What needs the whole row: greedy, no top-k or one past the limit, penalties, logprobs.
+    let needs = |p: SamplingParams| Sampler::new(p).candidates_needed(256);
+    let sampled = SamplingParams {
+        top_k: 64,
+        ..params()
+    };
+    assert_eq!(needs(sampled.clone()), Some(64));
+    assert_eq!(
+        needs(SamplingParams {
+            temperature: 0.0,
+            ..sampled.clone()
+        }),
+        None
+    );
+    assert_eq!(
+        needs(SamplingParams {
+            top_k: 0,
+            ..sampled.clone()
+        }),
+        None
+    );
+    assert_eq!(
+        needs(SamplingParams {
+            top_k: 257,
+            ..sampled.clone()
+        }),
+        None
+    );
+    assert_eq!(
+        needs(SamplingParams {
+            presence_penalty: 0.5,
+            ..sampled.clone()
+        }),
+        None
+    );
+    assert_eq!(
+        needs(SamplingParams {
+            logprobs: Some(2),
+            ..sampled
+        }),
+        None
+    );
+}
