@@ -15,6 +15,9 @@
 #   3c. the same at concurrency 1 and 8 with `--no-decode-lookahead` (each decode
 #      step's tokens read before the next step is queued), for what running decode
 #      steps ahead gains;
+#   3d. concurrency 1 and 64 with tokens drawn as MedGemma's defaults draw them
+#      (`--sampled`: temperature 1, top-k 64, top-p 0.95, on the host), with the
+#      top-k kernel and without (`--disable-kernels topk`: whole rows to the host);
 #   4. the same-run baseline: transformers' `generate` on the same shapes
 #      (tools/bench/transformers_baseline.py; skipped where python3 has no
 #      transformers);
@@ -22,23 +25,25 @@
 # Usage: [OUT_DIR=dir] bash scripts/gpu-check.sh [path/to/medgemma-server]
 #   (default binary: target-gpu/release/medgemma-server under the project).
 # Writes check.txt, bench-4b.{txt,json}, bench-4b-eager.txt, bench-4b-unfused.txt,
-# bench-4b-no-lookahead.txt, transformers-4b.{txt,json} and bench-27b.{txt,json} to
-# $OUT_DIR (default ./gpu-check-out): ten files. Each command runs under `timeout`
-# (CHECK_TIMEOUT, BENCH_TIMEOUT, EAGER_TIMEOUT, UNFUSED_TIMEOUT, LOOKAHEAD_TIMEOUT,
-# BASELINE_TIMEOUT, BENCH27_TIMEOUT seconds), so the whole script ends within 9
-# minutes (about 4 on an H200). Exit status: the check's when it failed (124: timed
+# bench-4b-no-lookahead.txt, bench-4b-sampled.txt, bench-4b-sampled-whole-rows.txt,
+# transformers-4b.{txt,json} and bench-27b.{txt,json} to $OUT_DIR (default
+# ./gpu-check-out): twelve files. Each command runs under `timeout` (CHECK_TIMEOUT,
+# BENCH_TIMEOUT, EAGER_TIMEOUT, UNFUSED_TIMEOUT, LOOKAHEAD_TIMEOUT, SAMPLED_TIMEOUT
+# twice, BASELINE_TIMEOUT, BENCH27_TIMEOUT seconds), so the whole script ends within
+# 9.5 minutes (about 5 on an H200). Exit status: the check's when it failed (124: timed
 # out), else the 4B benchmark's.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${1:-$ROOT/target-gpu/release/medgemma-server}"
 OUT_DIR="${OUT_DIR:-./gpu-check-out}"
-CHECK_TIMEOUT="${CHECK_TIMEOUT:-120}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-130}"
-EAGER_TIMEOUT="${EAGER_TIMEOUT:-50}"
-UNFUSED_TIMEOUT="${UNFUSED_TIMEOUT:-60}"
-LOOKAHEAD_TIMEOUT="${LOOKAHEAD_TIMEOUT:-40}"
-BASELINE_TIMEOUT="${BASELINE_TIMEOUT:-70}"
-BENCH27_TIMEOUT="${BENCH27_TIMEOUT:-70}"
+CHECK_TIMEOUT="${CHECK_TIMEOUT:-110}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-120}"
+EAGER_TIMEOUT="${EAGER_TIMEOUT:-45}"
+UNFUSED_TIMEOUT="${UNFUSED_TIMEOUT:-55}"
+LOOKAHEAD_TIMEOUT="${LOOKAHEAD_TIMEOUT:-35}"
+SAMPLED_TIMEOUT="${SAMPLED_TIMEOUT:-35}"
+BASELINE_TIMEOUT="${BASELINE_TIMEOUT:-65}"
+BENCH27_TIMEOUT="${BENCH27_TIMEOUT:-65}"
 # Fused kernels' self-tests and decode graph captures say what is in use.
 export MEDGEMMA_LOG="${MEDGEMMA_LOG:-info,medgemma_model::decode_graph=debug}"
 RUN="$ROOT/scripts/run-on-device.sh"
@@ -69,6 +74,14 @@ echo "== bench, decode steps not run ahead (at most ${LOOKAHEAD_TIMEOUT}s)"
 timeout --kill-after=10 "$LOOKAHEAD_TIMEOUT" bash "$RUN" "$BIN" \
   bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,8 \
   --no-decode-lookahead 2>&1 | tee "$OUT_DIR/bench-4b-no-lookahead.txt"
+
+echo "== bench, sampled as the defaults sample (at most ${SAMPLED_TIMEOUT}s, twice)"
+timeout --kill-after=10 "$SAMPLED_TIMEOUT" bash "$RUN" "$BIN" \
+  bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,64 \
+  --sampled 2>&1 | tee "$OUT_DIR/bench-4b-sampled.txt"
+timeout --kill-after=10 "$SAMPLED_TIMEOUT" bash "$RUN" "$BIN" \
+  bench --synthetic medgemma-4b --device cuda:0 --dtype bf16 --concurrency 1,64 \
+  --sampled --disable-kernels topk 2>&1 | tee "$OUT_DIR/bench-4b-sampled-whole-rows.txt"
 
 echo "== transformers baseline (at most ${BASELINE_TIMEOUT}s)"
 if python3 -c "import torch, transformers" 2>/dev/null; then

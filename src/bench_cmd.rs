@@ -60,13 +60,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let image = image?.map(|i| ImageTtft { vision_ms, ..i });
 
     let title = format!(
-        "{} (synthetic) on {} [{}], {}; {} prompt + {} output tokens per request",
+        "{} (synthetic) on {} [{}], {}; {} prompt + {} output tokens per request{}",
         setup.name,
         medgemma_model::device_name(&setup.device),
         setup.device_label,
         setup.dtype.as_str(),
         args.prompt_tokens,
-        args.max_tokens
+        args.max_tokens,
+        match args.sampled {
+            true => ", drawn with temperature 1, top-k 64, top-p 0.95",
+            false => ", greedy",
+        }
     );
     report::print_table(
         &mut std::io::stdout().lock(),
@@ -238,7 +242,9 @@ fn measure_level(
                     token_ids: pool.prompt(rng, args.prompt_tokens),
                     images: Vec::new(),
                 };
-                workload::request(format!("bench-{tag}-{c}-{i}"), prompt, tokens, eos)
+                let id = format!("bench-{tag}-{c}-{i}");
+                let sampling = workload::sampling(args.sampled, args.seed + i as u64);
+                workload::sampled_request(id, prompt, tokens, eos, sampling)
             })
             .collect::<Vec<_>>()
     };
@@ -369,6 +375,7 @@ fn document(
             "gpu_memory_utilization": args.gpu_memory_utilization,
             "enforce_eager": args.enforce_eager,
             "decode_lookahead": !args.no_decode_lookahead,
+            "sampled": args.sampled,
             "disable_kernels": args.disable_kernels,
             "seed": args.seed,
         },

@@ -272,6 +272,10 @@ pub struct BenchArgs {
     /// Read each replayed decode step's tokens before queuing the next.
     #[arg(long)]
     pub no_decode_lookahead: bool,
+    /// Draw tokens as a request that leaves MedGemma's defaults alone does
+    /// (temperature 1, top-k 64, top-p 0.95, seeded) instead of greedily.
+    #[arg(long)]
+    pub sampled: bool,
     /// Seed of the random prompts and pixels.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -102,6 +102,33 @@ fn bench_and_check_refuse_cuda_in_a_cpu_build() {
     }
 }
 
+/// `--sampled` draws as MedGemma's defaults do, and every request still gives
+/// exactly the tokens asked for.
+#[test]
+fn bench_draws_tokens_as_the_defaults_do_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bench.json");
+    let out = bin()
+        .args(["bench", "--synthetic"])
+        .arg(fixtures().join("tiny-gemma3-text/config.json"))
+        .args(["--device", "cpu", "--concurrency", "4", "--sampled"])
+        .args(["--prompt-tokens", "8", "--max-tokens", "6", "--json"])
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("drawn with temperature 1, top-k 64, top-p 0.95"),
+        "{stdout}"
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(doc["settings"]["sampled"], true);
+    let level = &doc["levels"][0];
+    assert_eq!(level["incomplete"], 0, "{level}");
+    assert_eq!(level["output_tokens"], 4 * 6);
+}
+
 /// The mechanics of `check` (fixtures found, one line per prompt, ids compared, bf16
 /// compared stage by stage): the CPU against itself, so every stage agrees exactly.
 #[test]

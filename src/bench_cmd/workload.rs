@@ -88,10 +88,37 @@ impl TokenPool {
 
 /// A request that generates exactly `max_tokens` tokens, greedily, whatever they are.
 pub fn request(id: String, prompt: Prompt, max_tokens: usize, eos: &[u32]) -> GenerateRequest {
+    sampled_request(id, prompt, max_tokens, eos, SamplingParams::greedy())
+}
+
+/// How the measured requests choose tokens: greedy, or drawn as a request that
+/// leaves MedGemma's `generation_config.json` defaults alone is (temperature 1,
+/// top-k 64, top-p 0.95), seeded per request.
+pub fn sampling(sampled: bool, seed: u64) -> SamplingParams {
+    match sampled {
+        false => SamplingParams::greedy(),
+        true => SamplingParams {
+            temperature: 1.0,
+            top_k: 64,
+            top_p: 0.95,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        },
+    }
+}
+
+/// `request`, choosing tokens with `sampling`.
+pub fn sampled_request(
+    id: String,
+    prompt: Prompt,
+    max_tokens: usize,
+    eos: &[u32],
+    sampling: SamplingParams,
+) -> GenerateRequest {
     GenerateRequest {
         id,
         prompt,
-        sampling: SamplingParams::greedy(),
+        sampling,
         stop: StopCriteria {
             stop_token_ids: eos.to_vec(),
             stop_strings: Vec::new(),
