@@ -87,6 +87,21 @@ template <typename T> inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int
   return out;
 }
 
+// The lanes of the warp holding the same value as this one (every lane of the warp
+// takes part).
+inline unsigned __match_any_sync(unsigned, unsigned v) {
+  unsigned all[32];
+  emu::warp_exchange(&v, all, sizeof v);
+  const unsigned warp_first = emu::linear_thread() / 32 * 32;
+  const unsigned threads = blockDim.x * blockDim.y * blockDim.z;
+  unsigned mask = 0;
+  for (unsigned l = 0; l < 32; ++l)
+    if (warp_first + l < threads && all[l] == v) mask |= 1u << l;
+  return mask;
+}
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __ffs(int v) { return __builtin_ffs(v); }
+
 template <typename T> inline T __ldcs(const T *p) { return *p; }
 template <typename T> inline T __ldg(const T *p) { return *p; }
 template <typename T> inline void __stcs(T *p, T v) { *p = v; }

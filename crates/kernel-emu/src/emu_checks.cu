@@ -27,6 +27,13 @@ extern "C" __global__ void emu_shuffle(int *out, int mask) {
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (int)threadIdx.x, mask);
 }
 
+// out[t] = the lanes of t's warp whose value (t % modulus) is t's, and the lowest of them.
+extern "C" __global__ void emu_match(uint32_t *out, int modulus) {
+  const unsigned peers = __match_any_sync(0xffffffffu, threadIdx.x % (unsigned)modulus);
+  out[2 * threadIdx.x] = peers;
+  out[2 * threadIdx.x + 1] = (uint32_t)(__ffs((int)peers) - 1) * 100 + (uint32_t)__popc(peers);
+}
+
 // Thread 0 waits at a barrier the others never reach while they wait at another one.
 extern "C" __global__ void emu_deadlock(int *out) {
   if (threadIdx.x == 0) {

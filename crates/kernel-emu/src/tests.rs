@@ -28,6 +28,31 @@ fn a_block_reduction_with_early_leavers_sums_each_block() -> Result<(), EmuError
 }
 
 #[test]
+fn lanes_holding_the_same_value_find_each_other() -> Result<(), EmuError> {
+    for modulus in [1u32, 3, 32] {
+        let out = Buffer::<u32>::zeroed(2 * 64);
+        let mut a = Args::new();
+        a.buffer(&out).scalar(modulus as i32);
+        unsafe { launch("emu_match", (1, 1, 1), (64, 1, 1), &a)? };
+        let got = out.to_vec();
+        for t in 0..64u32 {
+            let peers: u32 = (0..32)
+                .filter(|l| (t / 32 * 32 + l) % modulus == t % modulus)
+                .map(|l| 1u32 << l)
+                .sum();
+            let first = peers.trailing_zeros();
+            let want = [peers, first * 100 + peers.count_ones()];
+            assert_eq!(
+                got[2 * t as usize..2 * t as usize + 2],
+                want,
+                "modulus {modulus}, thread {t}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn shuffles_exchange_within_a_warp() -> Result<(), EmuError> {
     for mask in [1, 4, 16] {
         let out = Buffer::<i32>::zeroed(64);

@@ -2,16 +2,19 @@
 // larger first, equal logits (-0 equal to +0) lower index first, NaN and +-inf never.
 // One block per row. A radix select finds the k-th largest value: four passes of
 // 8-bit digit histograms over order-preserving keys of the finite values, each pass
-// narrowing to the digit holding it. One more pass, each thread over a contiguous
+// narrowing to the digit holding it. Each warp counts into its own histogram, one
+// add per distinct digit among its lanes (__match_any_sync): logits crowd into a
+// few top digits, and one shared counter per digit would serialize the block. One more pass, each thread over a contiguous
 // share of the row in index order, writes every larger value and, of the values
 // equal to it, those of the lowest indices.
 // x: [rows, n] f32; out: [rows, 2k + 1] u32: k indices, then their k values' bits
 // (in no particular order: the host ranks them), then how many were taken (fewer
 // than k when the row holds fewer finite values), with bit 31 set when the row held
-// a NaN or an infinity. The block must have at most 1024 threads.
+// a NaN or an infinity. The block must have at most 1024 threads, a multiple of 32.
 #include <stdint.h>
 
 #define TOPK_MAX_THREADS 1024
+#define TOPK_MAX_WARPS (TOPK_MAX_THREADS / 32)
 
 __device__ __forceinline__ bool finite_bits(uint32_t b) { return (b & 0x7f800000u) != 0x7f800000u; }
 
@@ -39,8 +42,10 @@ extern "C" __global__ void topk_f32(const float *x, uint32_t *out, int n, int k)
   const uint32_t *row = reinterpret_cast<const uint32_t *>(x) + (size_t)blockIdx.x * n;
   uint32_t *ids = out + (size_t)blockIdx.x * (2 * k + 1);
   uint32_t *vals = ids + k;
-  __shared__ uint32_t hist[256];
+  __shared__ uint32_t hist[TOPK_MAX_WARPS][256];
   __shared__ uint32_t ranks[TOPK_MAX_THREADS];
+  const int lane = (int)threadIdx.x % 32, warp = (int)threadIdx.x / 32;
+  const int warps = (int)blockDim.x / 32;
   __shared__ uint32_t s_prefix, s_want, s_total, s_nonfinite, s_next;
   if (threadIdx.x == 0) {
     s_prefix = 0;
@@ -50,28 +55,38 @@ extern "C" __global__ void topk_f32(const float *x, uint32_t *out, int n, int k)
   }
   uint32_t mask = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+    for (int i = threadIdx.x; i < warps * 256; i += blockDim.x) hist[i / 256][i % 256] = 0;
     __syncthreads();
     const uint32_t prefix = s_prefix;
     bool nonfinite = false;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-      const uint32_t b = row[i];
-      if (!finite_bits(b)) {
-        nonfinite = true;
-        continue;
+    // Whole warps step together (the match needs every lane); 256: no digit.
+    for (int base = (int)threadIdx.x - lane; base < n; base += blockDim.x) {
+      const int i = base + lane;
+      uint32_t digit = 256;
+      if (i < n) {
+        const uint32_t b = row[i];
+        nonfinite |= !finite_bits(b);
+        const uint32_t key = order_key(b);
+        if (finite_bits(b) && (key & mask) == prefix) digit = (key >> shift) & 255u;
       }
-      const uint32_t key = order_key(b);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+      const unsigned peers = __match_any_sync(0xffffffffu, digit);
+      if (digit < 256 && lane == __ffs((int)peers) - 1) hist[warp][digit] += __popc(peers);
     }
     if (nonfinite) s_nonfinite = 1;  // every writer writes 1
+    __syncthreads();
+    for (int d = threadIdx.x; d < 256; d += blockDim.x) {
+      uint32_t sum = 0;
+      for (int w = 0; w < warps; ++w) sum += hist[w][d];
+      hist[0][d] = sum;
+    }
     __syncthreads();
     if (threadIdx.x == 0) {
       if (shift == 24) {
         uint32_t total = 0;
-        for (int b = 0; b < 256; ++b) total += hist[b];
+        for (int d = 0; d < 256; ++d) total += hist[0][d];
         s_total = total;
       }
-      if (s_total > (uint32_t)k) choose_digit(hist, shift, &s_prefix, &s_want);
+      if (s_total > (uint32_t)k) choose_digit(hist[0], shift, &s_prefix, &s_want);
     }
     mask |= 255u << shift;
     __syncthreads();
