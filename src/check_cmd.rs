@@ -13,12 +13,14 @@
 //! logits come from the executor's full log-softmax, centered (the logits minus
 //! their mean, exactly, since log-softmax only subtracts a constant). (c) Plain
 //! greedy ids in f32, decode steps replayed and run one step ahead, must equal the
-//! CPU's.
+//! CPU's. (d) Seeded top-k sampling with rows sent as their largest logits must
+//! draw the tokens the whole rows draw on the same device.
 
 mod goldens;
 mod kernels;
 mod lookahead;
 mod rows;
+mod sampled;
 mod stages;
 
 use std::path::{Path, PathBuf};
@@ -170,6 +172,9 @@ fn check_fixture(
         }
     }
     if !lookahead::check(&name, dir, device, &mut runs.cpu, &goldens.prompts)? {
+        summary.failures += 1;
+    }
+    if !sampled::check(&name, dir, device, &goldens.prompts)? {
         summary.failures += 1;
     }
     Ok(())

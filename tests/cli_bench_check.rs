@@ -162,8 +162,17 @@ fn check_runs_every_fixture_prompt_on_the_cpu() {
         .filter(|l| l.contains("rows attention end to end") && l.contains("(ok;"))
         .count();
     assert_eq!(rows, 2, "{stdout}");
-    // Plain greedy with decode steps run ahead (through the replay's CPU form).
+    // Plain greedy with decode steps run ahead (through the replay's CPU form), and
+    // sampling from the rows' largest logits (the top-k kernel's host form).
     for fixture in ["tiny-gemma3", "tiny-gemma3-text"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{fixture}: f32 sampled (top-k 64)")))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(
+            line.contains("largest logits: ok (tokens = whole rows' on "),
+            "{line}"
+        );
         let line = stdout
             .lines()
             .find(|l| l.starts_with(&format!("{fixture}: f32 plain greedy")))
