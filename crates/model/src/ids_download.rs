@@ -97,6 +97,13 @@ mod cuda {
         Ok(n)
     }
 
+    impl Drop for Pinned {
+        /// A copy still landing in the memory must finish before it is freed.
+        fn drop(&mut self) {
+            let _ = self.copied.synchronize();
+        }
+    }
+
     impl Pinned {
         /// The first `n` ids, after the copy into them is done.
         pub fn read(&self, n: usize) -> Result<Vec<u32>> {

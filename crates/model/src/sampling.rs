@@ -11,6 +11,11 @@ use medgemma_core::{ConstraintMatcher, SamplingParams, TokenLogprobs};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+mod ranked;
+pub mod reference;
+
+use ranked::Ranked;
+
 /// Sampling state of one sequence: its parameters, generator and token counts.
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -265,12 +270,8 @@ pub fn logprobs_of(logits: &[f32], chosen: u32, n: usize) -> TokenLogprobs {
     }
 }
 
-mod ranked;
-pub mod reference;
 #[cfg(test)]
 mod tests;
-
-use ranked::Ranked;
 
 /// The `k` largest finite logits of `row` `(token, logit)`, in no particular order
 /// (ties: lower tokens first).
