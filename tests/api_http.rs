@@ -203,6 +203,9 @@ fn completions_tokenize_models_and_metrics() {
         metrics.contains("medgemma_running_sequences")
             && metrics.contains("medgemma_time_to_first_token_seconds_bucket")
     );
+    // Decode steps are not replayed on the CPU, so none runs ahead.
+    assert_eq!(server.metric("medgemma_decode_steps_run_ahead_total"), 0.0);
+    assert_eq!(server.metric("medgemma_decode_steps_ahead_used_total"), 0.0);
 }
 
 #[test]

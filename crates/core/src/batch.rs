@@ -72,4 +72,9 @@ pub trait Executor: Send {
     fn lookahead_slots(&self) -> usize {
         0
     }
+    /// Decode steps the executor ran ahead, and those of them that answered the
+    /// scheduler's next step.
+    fn steps_run_ahead(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }

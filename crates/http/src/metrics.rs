@@ -199,6 +199,16 @@ fn render_stats(out: &mut String, s: &SchedulerStats) {
             "Images whose features came from the encoder cache instead.",
             SchedulerStats::count(&s.encoder_cache_hits),
         ),
+        (
+            "medgemma_decode_steps_run_ahead_total",
+            "Greedy decode steps queued on the GPU before the previous step's tokens were read.",
+            SchedulerStats::count(&s.decode_steps_run_ahead),
+        ),
+        (
+            "medgemma_decode_steps_ahead_used_total",
+            "Decode steps run ahead that answered the scheduler's next step (the rest were dropped).",
+            SchedulerStats::count(&s.decode_steps_ahead_used),
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(

@@ -541,6 +541,11 @@ impl Executor for CandleExecutor {
         usize::from(self.runs_ahead())
     }
 
+    fn steps_run_ahead(&self) -> (u64, u64) {
+        let stats = self.ahead.stats();
+        (stats.launched(), stats.used())
+    }
+
     fn images_encoded(&self) -> (u64, u64) {
         (self.encoded, self.encoder.hits())
     }

@@ -93,6 +93,10 @@ impl<E: Executor> Engine<E> {
     }
 
     fn publish(&self) {
+        let (ahead, used) = self.executor.steps_run_ahead();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.stats.decode_steps_run_ahead.store(ahead, relaxed);
+        self.stats.decode_steps_ahead_used.store(used, relaxed);
         let (encoded, reused) = self.executor.images_encoded();
         self.stats
             .images_encoded

@@ -27,6 +27,9 @@ pub struct SchedulerStats {
     /// Images the vision tower encoded, and those the encoder cache served.
     pub images_encoded: AtomicU64,
     pub encoder_cache_hits: AtomicU64,
+    /// Decode steps the executor ran ahead, and those of them used.
+    pub decode_steps_run_ahead: AtomicU64,
+    pub decode_steps_ahead_used: AtomicU64,
 }
 
 impl SchedulerStats {

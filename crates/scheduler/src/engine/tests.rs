@@ -27,6 +27,10 @@ impl Executor for Recorder {
         })
     }
     fn release(&mut self, _: u64) {}
+    fn steps_run_ahead(&self) -> (u64, u64) {
+        let steps = self.0.lock().unwrap().len() as u64;
+        (steps, steps / 2)
+    }
     fn kv_layout(&self) -> KvLayout {
         KvLayout {
             max_seq_len: 100,
@@ -92,4 +96,32 @@ fn a_step_says_when_a_waiting_request_is_about_to_join() {
     assert_eq!(admitting_flags(2), [true, false, false]);
     // One slot: the others wait for it, but cannot join while it is taken.
     assert_eq!(admitting_flags(1), [false, false, false]);
+}
+
+/// The executor's run-ahead counts reach the stats the metrics read.
+#[test]
+fn steps_run_ahead_are_published() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stats: Arc<crate::SchedulerStats> = Arc::default();
+    let config = SchedulerConfig {
+        max_num_seqs: 2,
+        max_waiting: 10,
+        max_num_batched_tokens: 64,
+        max_model_len: 100,
+        prefix_caching: false,
+    };
+    let mut engine = Engine::new(config, Recorder(log), stats.clone());
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    engine.receive(Incoming::Request {
+        id: 1,
+        req: request(),
+        tx,
+    });
+    for _ in 0..3 {
+        engine.step();
+        engine.publish();
+    }
+    let count = |v: &std::sync::atomic::AtomicU64| crate::SchedulerStats::count(v);
+    assert_eq!(count(&stats.decode_steps_run_ahead), 3);
+    assert_eq!(count(&stats.decode_steps_ahead_used), 1);
 }
