@@ -440,22 +440,30 @@ impl CandleExecutor {
     ) -> Result<StepOutput, ExecutorError> {
         let err = |e: candle_core::Error| ExecutorError::Step(e.to_string());
         let seqs: Vec<SeqId> = batch.seqs.iter().map(|s| s.seq_id).collect();
-        let ids = match self.ahead.claim(&seqs, forward, &self.pool).map_err(err)? {
-            Some(ids) => ids,
-            None => {
+        let claimed = self.ahead.claim(&seqs, forward, &self.pool).map_err(err)?;
+        let ids = match claimed {
+            Some(ids) if !self.ahead.needs_check() => ids,
+            claimed => {
                 let logits = self.forward(forward, images, encode)?;
-                crate::argmax::argmax_ids(&logits, self.argmax_kernel).map_err(err)?
+                let usual = crate::argmax::argmax_ids(&logits, self.argmax_kernel).map_err(err)?;
+                if let Some(ahead) = claimed {
+                    // The first steps run ahead are checked against the usual run
+                    // (which writes the same keys and values again).
+                    let (a, u) = (ahead.to_vec1::<u32>(), usual.to_vec1::<u32>());
+                    self.ahead.check(&a.map_err(err)?, &u.map_err(err)?);
+                }
+                usual
             }
         };
         self.ahead.start_download(&ids).map_err(err)?;
         // A request about to join would make the next step another one.
-        let launched = match batch.admitting {
+        let launched = match batch.admitting || !self.ahead.enabled() {
             true => Ok(()),
             false => self.launch_next(seqs, forward, &ids),
         };
         if let Err(e) = launched {
-            tracing::warn!(error = %e, "decode lookahead off: the step run ahead failed");
-            self.ahead.set_enabled(false);
+            self.ahead
+                .turn_off(&format!("the step run ahead failed: {e}"));
         }
         let tokens = self.ahead.finish_download().map_err(err)?;
         if tokens.len() != batch.seqs.len() {

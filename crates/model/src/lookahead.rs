@@ -18,6 +18,8 @@
 //! runs as usual. A dropped run ahead only ever wrote each of its sequences' next
 //! token into that sequence's own block, at the slot the real step writes the same
 //! values to; a block freed meanwhile is reused only by work queued after it.
+//! The first `CHECKED_STEPS` steps it answers are run again as usual and their
+//! ids compared; a difference turns it off for good.
 //! The scheduler reserves the next position's block ahead of time
 //! (`Executor::lookahead_slots`), so that block boundaries do not stop it, and
 //! marks the steps after which it expects a waiting request to join
@@ -38,6 +40,8 @@ use crate::kv::KvPool;
 pub struct LookaheadStats {
     launched: AtomicU64,
     used: AtomicU64,
+    /// A check or a launch failed, and the run ahead was turned off.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl LookaheadStats {
@@ -49,6 +53,11 @@ impl LookaheadStats {
     /// Steps answered by their run ahead.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Whether the run ahead was turned off after a failed check or launch.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 }
 
@@ -62,9 +71,16 @@ struct Pending {
     ids: Tensor,
 }
 
+/// Steps run ahead whose ids are checked against the step run again as usual
+/// before the run ahead is trusted (as a captured graph is checked against the
+/// eager step).
+const CHECKED_STEPS: usize = 4;
+
 /// The executor's run ahead.
 pub struct Lookahead {
     enabled: bool,
+    /// Used steps still to check (`CHECKED_STEPS` at first).
+    checks_left: usize,
     pending: Option<Pending>,
     download: crate::ids_download::IdsDownload,
     stats: Arc<LookaheadStats>,
@@ -74,6 +90,7 @@ impl Lookahead {
     pub fn new(enabled: bool) -> Self {
         Self {
             enabled,
+            checks_left: CHECKED_STEPS,
             pending: None,
             download: crate::ids_download::IdsDownload::default(),
             stats: Arc::default(),
@@ -91,6 +108,31 @@ impl Lookahead {
 
     pub fn stats(&self) -> Arc<LookaheadStats> {
         self.stats.clone()
+    }
+
+    /// Whether the ids of a used step run ahead are still to be checked against
+    /// the step run as usual.
+    pub fn needs_check(&self) -> bool {
+        self.checks_left > 0
+    }
+
+    /// Checks a used step's ids from the run ahead against the same step run as
+    /// usual: equal, one check fewer is left; different, the run ahead is turned
+    /// off for good (with a warning) and the usual ids are to be used.
+    pub fn check(&mut self, ahead: &[u32], usual: &[u32]) -> bool {
+        if ahead == usual {
+            self.checks_left = self.checks_left.saturating_sub(1);
+            return true;
+        }
+        self.turn_off("a step run ahead picked other tokens than the same step run as usual");
+        false
+    }
+
+    /// Turns the run ahead off for good, saying why.
+    pub fn turn_off(&mut self, why: &str) {
+        tracing::warn!(reason = why, "decode lookahead off");
+        self.stats.failed.store(true, Ordering::Relaxed);
+        self.set_enabled(false);
     }
 
     /// Forgets the step run ahead, if any (the next step is not its prediction).
@@ -194,4 +236,23 @@ fn matching_rows(
         rows.push(r as u32);
     }
     Some(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_steps_used_are_checked_and_a_difference_turns_it_off() {
+        let mut ahead = Lookahead::new(true);
+        for _ in 0..CHECKED_STEPS {
+            assert!(ahead.needs_check());
+            assert!(ahead.check(&[4, 5], &[4, 5]));
+        }
+        assert!(!ahead.needs_check() && ahead.enabled());
+        let mut ahead = Lookahead::new(true);
+        assert!(ahead.check(&[4, 5], &[4, 5]));
+        assert!(!ahead.check(&[4, 5], &[4, 6]));
+        assert!(!ahead.enabled() && ahead.stats().failed());
+    }
 }

@@ -156,6 +156,7 @@ fn run_batched(
         std::thread::yield_now();
     }
     h.shutdown();
+    assert!(!ahead.failed(), "the run ahead passed its checks");
     (outs, preemptions, (ahead.launched(), ahead.used()))
 }
 
