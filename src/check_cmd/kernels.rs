@@ -131,7 +131,7 @@ pub fn check(device: &Device) -> Result<bool> {
     );
     let wrong = topk::self_test(device, 262_208)?;
     ok &= report(
-        "top-k candidates for the host's draws, rows of 262208 (k 1, 64, 256; ties, zeros, NaN, inf): rows wrong",
+        "top-k candidates for the host's draws, rows of 262208 (k 1, 64, 1024; ties, zeros, NaN, inf): rows wrong",
         DType::F32,
         wrong as f64,
         0.0,

@@ -328,7 +328,7 @@ impl CandleExecutor {
         let host_rows: Vec<u32> = (0..wanting.len() as u32)
             .filter(|&i| !plain[i as usize])
             .collect();
-        let wanted: Vec<(u32, Option<usize>)> = host_rows
+        let wanted: Vec<(u32, Option<crate::sampling::RowNeeds>)> = host_rows
             .iter()
             .map(|&i| {
                 let sampler = self

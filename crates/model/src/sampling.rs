@@ -75,28 +75,45 @@ impl Sampler {
         self.params.is_greedy() && self.draws_from_raw_logits()
     }
 
-    /// The top-k of a draw that needs only the `limit` largest logits of the row
-    /// (`top_k` within it, and nothing that changes or reports the logits); the
-    /// device can then send those instead of the whole row (`crate::topk`).
-    pub fn candidates_needed(&self, limit: usize) -> Option<usize> {
-        let k = self.params.top_k;
-        let fits = !self.params.is_greedy() && (1..=limit).contains(&k);
-        (fits && self.draws_from_raw_logits()).then_some(k)
+    /// What the next choice needs of the row when not all of it (`None`: the
+    /// whole row): its `k` largest logits and the raw logits of the tokens the
+    /// sampler changes (bias, penalties, suppressed or held-back tokens), at most
+    /// `limit` in all. The top-(k + changed) raw logits hold every token the
+    /// changed row's top k can hold, so the device can send those instead of the
+    /// whole row (`crate::topk`). A grammar or log probabilities need the row.
+    pub fn candidates_needed(&self, limit: usize) -> Option<RowNeeds> {
+        let p = &self.params;
+        if self.matcher.is_some() || p.logprobs.is_some() {
+            return None;
+        }
+        let k = match p.is_greedy() {
+            true => 1,
+            false => p.top_k,
+        };
+        let changed = self.changed_tokens();
+        (k > 0 && k + changed.len() <= limit).then_some(RowNeeds { k, changed })
     }
 
-    /// Picks the next token from the row's `candidates_needed` largest logits (or
-    /// more), as `sample` would from the whole row when all its logits are finite,
-    /// and records it as generated.
+    /// Picks the next token as `sample` would from the whole row, when that row is
+    /// all finite, from `candidates`: at least its largest logits and the changed
+    /// tokens' raw logits that `candidates_needed` asked for (each token once);
+    /// records it as generated.
     pub fn sample_candidates(&mut self, candidates: &[(u32, f32)]) -> u32 {
+        let mut processed = candidates.to_vec();
+        self.apply_bias_and_penalties(&mut Sparse::new(&mut processed));
+        let best = ranked::top_logits(processed.iter().copied(), 1)
+            .first()
+            .map_or(0, |t| t.0);
+        if self.params.is_greedy() {
+            self.observe_output(best);
+            return best;
+        }
         let p = &self.params;
-        let mut c = Ranked::of_candidates(candidates, p.temperature, p.top_k);
+        let mut c = Ranked::of_candidates(&processed, p.temperature, p.top_k);
         c.top_p(p.top_p);
         c.min_p(p.min_p);
         let total = c.total();
-        let best = || {
-            let top = ranked::top_logits(candidates.iter().copied(), 1);
-            top.first().map_or(0, |t| t.0)
-        };
+        let best = || best;
         // As `draw`: the generator is read only when there is something to draw.
         let token = match !c.is_empty() && total > 0.0 && total.is_finite() {
             true => {
@@ -135,7 +152,7 @@ impl Sampler {
     /// Picks the next token and records it as generated.
     pub fn sample(&mut self, logits: &[f32]) -> (u32, Option<TokenLogprobs>) {
         let mut processed = logits.to_vec();
-        self.apply_bias_and_penalties(&mut processed);
+        self.apply_bias_and_penalties(processed.as_mut_slice());
         self.apply_constraint(&mut processed);
         let token = if self.params.is_greedy() {
             argmax(&processed)
@@ -167,16 +184,35 @@ impl Sampler {
         }
     }
 
-    fn apply_bias_and_penalties(&self, logits: &mut [f32]) {
+    /// The tokens whose logits `apply_bias_and_penalties` may change, sorted.
+    fn changed_tokens(&self) -> Vec<u32> {
+        let p = &self.params;
+        let mut ids: Vec<u32> = p.logit_bias.iter().map(|&(id, _)| id).collect();
+        if p.repetition_penalty != 1.0 {
+            ids.extend(self.seen.keys());
+        }
+        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            ids.extend(self.generated.keys());
+        }
+        ids.extend(&p.suppress_tokens);
+        if self.holds_back_the_end() {
+            ids.extend(&p.end_tokens);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn apply_bias_and_penalties<L: LogitsAt + ?Sized>(&self, logits: &mut L) {
         let p = &self.params;
         for &(id, bias) in &p.logit_bias {
-            if let Some(l) = logits.get_mut(id as usize) {
+            if let Some(l) = logits.at(id) {
                 *l += bias;
             }
         }
         if p.repetition_penalty != 1.0 {
             for &id in self.seen.keys() {
-                if let Some(l) = logits.get_mut(id as usize) {
+                if let Some(l) = logits.at(id) {
                     *l = if *l > 0.0 {
                         *l / p.repetition_penalty
                     } else {
@@ -187,7 +223,7 @@ impl Sampler {
         }
         if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
             for (&id, &count) in &self.generated {
-                if let Some(l) = logits.get_mut(id as usize) {
+                if let Some(l) = logits.at(id) {
                     *l -= p.frequency_penalty * count as f32 + p.presence_penalty;
                 }
             }
@@ -197,7 +233,7 @@ impl Sampler {
             false => &[],
         };
         for &id in p.suppress_tokens.iter().chain(held) {
-            if let Some(l) = logits.get_mut(id as usize) {
+            if let Some(l) = logits.at(id) {
                 *l = f32::NEG_INFINITY;
             }
         }
@@ -272,6 +308,46 @@ pub fn logprobs_of(logits: &[f32], chosen: u32, n: usize) -> TokenLogprobs {
 
 #[cfg(test)]
 mod tests;
+
+/// What a choice needs of a row besides its largest logits (`Sampler::candidates_needed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowNeeds {
+    /// How many of the row's largest logits, besides `changed`.
+    pub k: usize,
+    /// Tokens whose raw logits the sampler changes, sorted.
+    pub changed: Vec<u32>,
+}
+
+/// A row's logits by token, for the sampler's changes.
+trait LogitsAt {
+    fn at(&mut self, id: u32) -> Option<&mut f32>;
+}
+
+impl LogitsAt for [f32] {
+    fn at(&mut self, id: u32) -> Option<&mut f32> {
+        self.get_mut(id as usize)
+    }
+}
+
+/// Some of a row's logits, `(token, logit)`.
+struct Sparse<'a> {
+    pairs: &'a mut [(u32, f32)],
+    index: HashMap<u32, usize>,
+}
+
+impl<'a> Sparse<'a> {
+    fn new(pairs: &'a mut [(u32, f32)]) -> Self {
+        let index = pairs.iter().enumerate().map(|(i, p)| (p.0, i)).collect();
+        Self { pairs, index }
+    }
+}
+
+impl LogitsAt for Sparse<'_> {
+    fn at(&mut self, id: u32) -> Option<&mut f32> {
+        let &i = self.index.get(&id)?;
+        self.pairs.get_mut(i).map(|p| &mut p.1)
+    }
+}
 
 /// The `k` largest finite logits of `row` `(token, logit)`, in no particular order
 /// (ties: lower tokens first).

@@ -6,8 +6,9 @@ use candle_core::{Device, Result, Tensor};
 
 use crate::sampling::ranked_top_logits;
 
-/// The most candidates a row sends (a larger top-k sends the whole row).
-pub const MAX_K: usize = 256;
+/// The most logits a row sends (its top-k and the tokens its sampler changes; a
+/// row needing more sends the whole row).
+pub const MAX_K: usize = 1024;
 
 /// One row's largest finite logits `(token, logit)`, in no particular order;
 /// `nonfinite`: the row held a NaN or an infinity (its draw needs the whole row).
@@ -197,7 +198,7 @@ mod tests {
     fn the_kernel_with_its_launch_takes_the_hosts_candidates_when_emulated() -> Result<()> {
         use crate::emulated::{run, Dev};
         // Rows longer and shorter than the block, odd widths; k past the row too.
-        for (width, k) in [(3000, 64), (1031, 1), (4099, 256), (700, 256), (5, 8)] {
+        for (width, k) in [(3000, 64), (1031, 1), (4099, 1024), (700, 256), (5, 8)] {
             let rows = test_rows(width);
             let flat: Vec<f32> = rows.iter().flatten().copied().collect();
             let t = Tensor::from_vec(flat, (rows.len(), width), &Device::Cpu)?;

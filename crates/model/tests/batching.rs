@@ -327,10 +327,11 @@ fn no_step_is_run_ahead_while_a_request_is_about_to_join() {
     assert!(ahead.1 > 0 && ahead.1 <= ahead.0, "{ahead:?}");
 }
 
-/// Seeded top-k sampling with each row drawn from its largest logits (as a GPU
-/// sends them) gives every request the tokens the whole rows give it alone.
+/// Seeded top-k sampling, and greedy or sampled choices with a bias and penalties,
+/// with each row chosen from its largest logits and its changed tokens' (as a GPU
+/// sends them), give every request the tokens the whole rows give it alone.
 #[test]
-fn sampled_rows_drawn_from_their_largest_logits_equal_whole_rows() {
+fn rows_chosen_from_their_largest_logits_equal_whole_rows() {
     let sampled = SamplingParams {
         temperature: 1.3,
         top_k: 24,
@@ -338,10 +339,23 @@ fn sampled_rows_drawn_from_their_largest_logits_equal_whole_rows() {
         seed: Some(17),
         ..SamplingParams::default()
     };
+    let penalized = SamplingParams {
+        frequency_penalty: 0.7,
+        presence_penalty: 0.2,
+        logit_bias: vec![(5, 2.0), (40, -3.0)],
+        ..sampled.clone()
+    };
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        repetition_penalty: 1.4,
+        ..SamplingParams::default()
+    };
     let candidates = Engine {
         candidates: true,
         ..PLAIN
     };
-    check_sampled("tiny-gemma3", true, candidates, &sampled);
-    check_sampled("tiny-gemma3-text", false, candidates, &sampled);
+    for sampling in [sampled, penalized, greedy] {
+        check_sampled("tiny-gemma3", true, candidates, &sampling);
+        check_sampled("tiny-gemma3-text", false, candidates, &sampling);
+    }
 }

@@ -235,11 +235,64 @@ fn ranked_candidates_and_draws_equal_the_full_sort() {
     }
 }
 
-/// A draw from the row's largest logits (the device's candidates, in any order and
-/// more than top-k of them) is the draw from the whole row, seed for seed.
+/// A choice from the row's largest logits and the changed tokens' raw logits (what
+/// the device sends, in any order and more than needed) is the choice from the
+/// whole row, seed for seed: top-k draws, greedy, bias, penalties, suppression.
 #[test]
-fn drawing_from_the_largest_logits_equals_drawing_from_the_row() {
+fn choosing_from_the_largest_logits_equals_choosing_from_the_row() {
     let mut rng = StdRng::seed_from_u64(3);
+    let settings = [
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 64,
+            top_p: 0.95,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 0.6,
+            top_k: 5,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 1.4,
+            top_k: 40,
+            top_p: 0.7,
+            min_p: 0.05,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            top_k: 20,
+            logit_bias: vec![(3, 4.0), (8, -2.0)],
+            frequency_penalty: 0.4,
+            presence_penalty: 0.3,
+            suppress_tokens: vec![0, 11],
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            top_k: 10,
+            repetition_penalty: 1.3,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 0.0,
+            repetition_penalty: 1.5,
+            logit_bias: vec![(1, 3.0)],
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 0.0,
+            frequency_penalty: 1.0,
+            suppress_tokens: vec![2],
+            min_tokens: 5,
+            end_tokens: vec![4],
+            ..SamplingParams::default()
+        },
+    ];
     for (len, spread) in [(50, 2.0f32), (5000, 6.0), (20_000, 1.0)] {
         let mut row: Vec<f32> = (0..len)
             .map(|_| (rng.random::<f32>() - 0.5) * spread)
@@ -247,48 +300,63 @@ fn drawing_from_the_largest_logits_equals_drawing_from_the_row() {
         row[7] = 0.0;
         row[9] = -0.0;
         row[11] = row[13];
-        for (temperature, top_k, top_p, min_p) in [
-            (1.0, 64, 0.95, 0.0),
-            (0.6, 5, 1.0, 0.0),
-            (1.4, 40, 0.7, 0.05),
-            (1.0, 2, 1.0, 0.0),
-        ] {
+        for (n, setting) in settings.iter().enumerate() {
             let p = SamplingParams {
-                temperature,
-                top_k,
-                top_p,
-                min_p,
                 seed: Some(len as u64),
-                ..SamplingParams::default()
+                ..setting.clone()
             };
             let mut whole = Sampler::new(p.clone());
             let mut sparse = Sampler::new(p);
-            assert_eq!(sparse.candidates_needed(256), Some(top_k));
-            let mut candidates = ranked::top_logits((0u32..).zip(row.iter().copied()), top_k + 17);
-            candidates.reverse();
+            let prompt: Vec<u32> = (0..30).map(|i| (i * 7 % len) as u32).collect();
+            whole.observe_prompt(&prompt);
+            sparse.observe_prompt(&prompt);
             for draw in 0..40 {
-                let want = whole.sample(&row).0;
-                assert_eq!(
-                    sparse.sample_candidates(&candidates),
-                    want,
-                    "{len} logits, k {top_k}, draw {draw}"
+                let needs = sparse.candidates_needed(1024).expect("fits");
+                let mut pairs = ranked::top_logits(
+                    (0u32..).zip(row.iter().copied()),
+                    needs.k + needs.changed.len() + 3,
                 );
+                for &t in &needs.changed {
+                    if !pairs.iter().any(|p| p.0 == t) {
+                        pairs.push((t, row[t as usize]));
+                    }
+                }
+                pairs.reverse();
+                let want = whole.sample(&row).0;
+                let got = sparse.sample_candidates(&pairs);
+                assert_eq!(got, want, "{len} logits, setting {n}, draw {draw}");
             }
         }
     }
-    // What needs the whole row: greedy, no top-k or one past the limit, penalties, logprobs.
+}
+
+/// What needs the whole row: a grammar or log probabilities, no top-k, or more
+/// logits than the limit.
+#[test]
+fn rows_needing_their_whole_logits_say_so() {
     let needs = |p: SamplingParams| Sampler::new(p).candidates_needed(256);
     let sampled = SamplingParams {
         top_k: 64,
         ..params()
     };
-    assert_eq!(needs(sampled.clone()), Some(64));
     assert_eq!(
-        needs(SamplingParams {
-            temperature: 0.0,
-            ..sampled.clone()
-        }),
-        None
+        needs(sampled.clone()),
+        Some(RowNeeds {
+            k: 64,
+            changed: vec![]
+        })
+    );
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        logit_bias: vec![(9, 1.0), (2, 1.0)],
+        ..params()
+    };
+    assert_eq!(
+        needs(greedy),
+        Some(RowNeeds {
+            k: 1,
+            changed: vec![2, 9]
+        })
     );
     assert_eq!(
         needs(SamplingParams {
@@ -306,7 +374,8 @@ fn drawing_from_the_largest_logits_equals_drawing_from_the_row() {
     );
     assert_eq!(
         needs(SamplingParams {
-            presence_penalty: 0.5,
+            top_k: 250,
+            suppress_tokens: (0..7).collect(),
             ..sampled.clone()
         }),
         None
