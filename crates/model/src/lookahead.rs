@@ -141,7 +141,8 @@ impl Lookahead {
     }
 
     /// The device ids of `batch` (sequences `seqs`, in order) from the step run
-    /// ahead, when that step computed them; the run ahead is consumed either way.
+    /// ahead, when that step computed them (while checks are left, only when it
+    /// computed exactly `batch`); the run ahead is consumed either way.
     pub fn claim(
         &mut self,
         seqs: &[SeqId],
@@ -154,8 +155,14 @@ impl Lookahead {
         let Some(rows) = matching_rows(&p, seqs, batch, pool) else {
             return Ok(None);
         };
+        let whole = rows.len() == p.seqs.len();
+        // A check compares with the same step run as usual at the same shape (a
+        // part of the batch runs at another, whose products may round otherwise).
+        if !whole && self.needs_check() {
+            return Ok(None);
+        }
         self.stats.used.fetch_add(1, Ordering::Relaxed);
-        if rows.len() == p.seqs.len() {
+        if whole {
             return Ok(Some(p.ids));
         }
         let index = Tensor::new(rows.as_slice(), p.ids.device())?;

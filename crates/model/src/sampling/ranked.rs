@@ -32,6 +32,9 @@ fn larger_logit(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
 /// takes only what beats the running k-th largest, and is cut back to the `k`
 /// largest when full. On a 262k-token row that is about a comparison a token.
 pub(crate) fn top_logits(logits: impl Iterator<Item = (u32, f32)>, k: usize) -> Vec<(u32, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
     let mut keep: Vec<(u32, f32)> = Vec::with_capacity(2 * k);
     // The k-th largest kept so far: nothing that fails to beat it is in the top k.
     let mut floor: Option<(u32, f32)> = None;
