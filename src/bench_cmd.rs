@@ -79,12 +79,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         image.as_ref(),
     )?;
     println!(
-        "decode steps run ahead: {} launched, {} used (--no-decode-lookahead: {})",
+        "decode steps run ahead: {} launched, {} used (--no-decode-lookahead: {}){}",
         ahead.launched(),
         ahead.used(),
-        args.no_decode_lookahead
+        args.no_decode_lookahead,
+        match ahead.failed() {
+            true => "; turned off after a failed check or launch (see the warning)",
+            false => "",
+        }
     );
-    engine["decode_lookahead"] = json!({"launched": ahead.launched(), "used": ahead.used()});
+    engine["decode_lookahead"] = json!({
+        "launched": ahead.launched(),
+        "used": ahead.used(),
+        "failed": ahead.failed(),
+    });
     if let Some(path) = &args.json {
         let doc = document(&setup, &args, engine, &levels, image.as_ref());
         report::write_json(path, &doc)?;
