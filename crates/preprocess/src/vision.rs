@@ -1,6 +1,6 @@
 //! The Gemma 3 image processor (transformers' PIL backend, `Gemma3ImageProcessorPil`):
-//! decode → RGB → optional pan-and-scan → PIL bilinear resize to the checkpoint's
-//! size → rescale (`u8 as f64 * rescale_factor`, then f32) → normalize → CHW f32.
+//! decode → RGB → optional pan-and-scan → PIL resize (the config's `resample`,
+//! bilinear by default) to the checkpoint's size → rescale (`u8 as f64 * rescale_factor`, then f32) → normalize → CHW f32.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,10 +9,7 @@ use serde::Deserialize;
 
 use crate::decode::{decode_rgb, ImageError, ImageLimits, Rgb8};
 use crate::pan_scan::PanScanConfig;
-use crate::resize::resize_bilinear;
-
-/// PIL's BILINEAR, the only resampling Gemma 3 uses.
-const PIL_BILINEAR: u32 = 2;
+use crate::resize::{resize, Resample};
 
 /// One image (or crop) ready for the vision tower: `[3, height, width]` channel-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +47,8 @@ struct RawSize {
 pub struct ImageProcessor {
     pub height: usize,
     pub width: usize,
+    /// The resampling filter (`resample`; Gemma 3 writes 2, bilinear).
+    pub resample: Resample,
     pub do_resize: bool,
     pub do_rescale: bool,
     pub rescale_factor: f64,
@@ -117,15 +116,19 @@ impl ImageProcessor {
         if size.height == 0 || size.width == 0 {
             return Err(ImageError::Config("size must be positive".into()));
         }
-        if raw.resample.is_some_and(|r| r != PIL_BILINEAR) {
-            return Err(ImageError::Config(
-                "only resample = 2 (bilinear) is supported".into(),
-            ));
-        }
+        let resample = match raw.resample {
+            None => Resample::Bilinear,
+            Some(n) => Resample::from_pil(n).ok_or_else(|| {
+                ImageError::Config(format!(
+                    "resample {n} is not a PIL filter transformers uses (0-5)"
+                ))
+            })?,
+        };
         let d = PanScanConfig::default();
         Ok(Self {
             height: size.height,
             width: size.width,
+            resample,
             do_resize: raw.do_resize.unwrap_or(true),
             do_rescale: raw.do_rescale.unwrap_or(true),
             rescale_factor: raw.rescale_factor.unwrap_or(1.0 / 255.0),
@@ -173,7 +176,7 @@ impl ImageProcessor {
     /// Resize, rescale and normalize one RGB image into CHW f32.
     pub fn to_pixels(&self, rgb: &Rgb8) -> PixelImage {
         let img = if self.do_resize {
-            std::borrow::Cow::Owned(resize_bilinear(rgb, self.width, self.height))
+            std::borrow::Cow::Owned(resize(rgb, self.width, self.height, self.resample))
         } else {
             std::borrow::Cow::Borrowed(rgb)
         };
