@@ -32,10 +32,13 @@ fn larger_logit(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
 /// takes only what beats the running k-th largest, and is cut back to the `k`
 /// largest when full. On a 262k-token row that is about a comparison a token.
 pub(crate) fn top_logits(logits: impl Iterator<Item = (u32, f32)>, k: usize) -> Vec<(u32, f32)> {
+    // A request may ask for any k (top_k 2^62, say): past the row's length it keeps
+    // every finite logit, and no buffer is sized by more than the row.
+    let k = k.min(logits.size_hint().1.unwrap_or(usize::MAX));
     if k == 0 {
         return Vec::new();
     }
-    let mut keep: Vec<(u32, f32)> = Vec::with_capacity(2 * k);
+    let mut keep: Vec<(u32, f32)> = Vec::with_capacity(k.saturating_mul(2).min(1 << 20));
     // The k-th largest kept so far: nothing that fails to beat it is in the top k.
     let mut floor: Option<(u32, f32)> = None;
     for e in logits {
@@ -45,7 +48,7 @@ pub(crate) fn top_logits(logits: impl Iterator<Item = (u32, f32)>, k: usize) -> 
             continue;
         }
         keep.push(e);
-        if keep.len() == 2 * k {
+        if keep.len() == k.saturating_mul(2) {
             keep.select_nth_unstable_by(k - 1, larger_logit);
             keep.truncate(k);
             floor = Some(keep[k - 1]);

@@ -388,3 +388,29 @@ fn rows_needing_their_whole_logits_say_so() {
         None
     );
 }
+
+#[test]
+fn a_top_k_past_the_vocabulary_keeps_every_token() {
+    // A request may send any top_k up to 2^63 - 1: it must neither size a buffer
+    // by it nor differ from top-k off.
+    let row: Vec<f32> = (0..300).map(|i| ((i * 37) % 101) as f32 / 10.0).collect();
+    for k in [300, 301, 1 << 40, i64::MAX as usize] {
+        let mut huge = Sampler::new(SamplingParams {
+            top_k: k,
+            temperature: 1.0,
+            ..params()
+        });
+        let mut off = Sampler::new(SamplingParams {
+            top_k: 0,
+            temperature: 1.0,
+            ..params()
+        });
+        for _ in 0..20 {
+            assert_eq!(huge.sample(&row).0, off.sample(&row).0, "top_k {k}");
+        }
+    }
+    assert_eq!(
+        ranked::top_logits((0u32..3).map(|i| (i, 1.0)), usize::MAX).len(),
+        3
+    );
+}
