@@ -21,10 +21,12 @@
 # The host needs the NVIDIA Container Toolkit and a driver for CUDA 12.4 or newer
 # (R550+); CUDA_VERSION picks another 12.x toolkit.
 #
-# CPU:
-#   docker build --target cpu -t medgemma-server .
+# CPU (the same start, without --gpus):
+#   docker build --target cpu -t medgemma-server:cpu .
 #   docker run -p 8000:8000 -v ~/.cache/huggingface:/root/.cache/huggingface \
-#     -e HF_TOKEN medgemma-server generate --model google/medgemma-4b-it --prompt "..."
+#     -e HF_TOKEN medgemma-server:cpu --model google/medgemma-4b-it
+# Other subcommands through the entrypoint, in either image:
+#   docker run --entrypoint medgemma-server medgemma-server:cpu bench --synthetic medgemma-4b --device cpu
 
 ARG CUDA_VERSION=12.4.1
 
@@ -37,7 +39,9 @@ RUN cargo build --release --locked --bin medgemma-server
 FROM debian:bookworm-slim AS cpu
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build-cpu /src/target/release/medgemma-server /usr/local/bin/medgemma-server
-ENTRYPOINT ["medgemma-server"]
+ENV MEDGEMMA_DEVICE=cpu
+EXPOSE 8000
+ENTRYPOINT ["medgemma-server", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
 # ---- GPU ----
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu22.04 AS build-cuda
