@@ -9,6 +9,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::activation::Activation;
 use crate::error::ModelError;
 use text::parse_text;
 
@@ -45,6 +46,8 @@ pub struct TextConfig {
     pub rope_full: RopeParams,
     pub rope_sliding: RopeParams,
     pub final_logit_softcapping: Option<f64>,
+    /// The MLP's activation (`hidden_activation`; Gemma 3's is the tanh GELU).
+    pub hidden_activation: Activation,
     /// Parsed for completeness; transformers' Gemma 3 attention ignores it, and so do we.
     pub attn_logit_softcapping: Option<f64>,
     pub tie_word_embeddings: bool,

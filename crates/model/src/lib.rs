@@ -4,6 +4,7 @@
 //! Numbers follow Hugging Face transformers (see docs in GEMMA3.md); every part is
 //! checked against its outputs on the tiny checkpoints under tests/fixtures.
 
+pub mod activation;
 pub mod add_norm;
 pub mod argmax;
 pub mod attention;

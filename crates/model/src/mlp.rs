@@ -1,11 +1,13 @@
-//! The gated MLP: `down(gelu_tanh(gate(x)) * up(x))`, with the gate and up
-//! projections stacked into one matrix at load, so that a step runs one matmul
-//! for both, and the gelu and product in one pass: a CUDA kernel (`gelu_mul`), on
-//! the CPU `cpu_gelu`.
+//! The gated MLP: `down(act(gate(x)) * up(x))`, with the gate and up projections
+//! stacked into one matrix at load, so that a step runs one matmul for both. With
+//! Gemma 3's tanh GELU, the activation and product run in one pass: a CUDA kernel
+//! (`gelu_mul`), on the CPU `cpu_gelu`; another `hidden_activation` runs as
+//! tensor ops.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::activation::Activation;
 use crate::config::TextConfig;
 use crate::gelu_mul;
 use crate::linear::Linear;
@@ -16,6 +18,7 @@ pub struct Mlp {
     gate_up: Linear,
     down: Linear,
     intermediate: usize,
+    act: Activation,
     /// Run gelu and the product as one CUDA kernel (see `gelu_mul::usable`).
     fused: bool,
 }
@@ -29,7 +32,8 @@ impl Mlp {
             gate_up: Linear::new(Tensor::cat(&[&gate, &up], 0)?),
             down: Linear::load(i, h, vb.pp("down_proj"))?,
             intermediate: i,
-            fused,
+            act: cfg.hidden_activation,
+            fused: fused && cfg.hidden_activation == Activation::GeluTanh,
         })
     }
 
@@ -44,6 +48,10 @@ impl Module for Mlp {
         let gate_up = self.gate_up.forward(x)?;
         let act = if self.fused {
             gelu_mul::gelu_mul(&gate_up, self.intermediate)?
+        } else if self.act != Activation::GeluTanh {
+            let i = self.intermediate;
+            let gate = gate_up.narrow(D::Minus1, 0, i)?;
+            (self.act.apply(&gate)? * gate_up.narrow(D::Minus1, i, i)?)?
         } else if gate_up.device().is_cpu() {
             crate::cpu_gelu::gelu_mul(&gate_up, self.intermediate)?
         } else {

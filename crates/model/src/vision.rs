@@ -12,6 +12,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::activation::Activation;
 use crate::bias_epilogue::{self as epilogue, Heads, Widths};
 use crate::config::VisionConfig;
 
@@ -39,33 +40,6 @@ impl LayerNorm {
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps)
-    }
-}
-
-/// SigLIP's activation, by its transformers name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Act {
-    GeluTanh,
-    GeluErf,
-    QuickGelu,
-}
-
-impl Act {
-    fn parse(name: &str) -> Result<Self> {
-        match name {
-            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(Self::GeluTanh),
-            "gelu" => Ok(Self::GeluErf),
-            "quick_gelu" => Ok(Self::QuickGelu),
-            other => candle_core::bail!("vision_config.hidden_act {other:?} is not supported"),
-        }
-    }
-
-    fn apply(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::GeluTanh => epilogue::reference::gelu_tanh(x),
-            Self::GeluErf => x.gelu_erf(),
-            Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
-        }
     }
 }
 
@@ -176,11 +150,11 @@ struct EncoderLayer {
     layer_norm2: LayerNorm,
     fc1: Biased,
     fc2: Biased,
-    act: Act,
+    act: Activation,
 }
 
 impl EncoderLayer {
-    fn new(cfg: &VisionConfig, act: Act, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VisionConfig, act: Activation, vb: VarBuilder) -> Result<Self> {
         let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         Ok(Self {
             layer_norm1: LayerNorm::new(h, eps, vb.pp("layer_norm1"))?,
@@ -199,7 +173,7 @@ impl EncoderLayer {
             .attend(&self.layer_norm1.forward(x)?, patches, kernels)?;
         let x = residual(&self.self_attn.out_proj, &attn, x, kernels)?;
         let m = self.fc1.product(&self.layer_norm2.forward(&x)?)?;
-        let m = if kernels.epilogue && self.act == Act::GeluTanh {
+        let m = if kernels.epilogue && self.act == Activation::GeluTanh {
             epilogue::gelu(&m, &self.fc1.bias)?
         } else {
             self.act.apply(&m.broadcast_add(&self.fc1.bias)?)?
@@ -270,7 +244,13 @@ pub struct VisionTower {
 impl VisionTower {
     /// `vb` points at the tower (`vision_tower.vision_model`, `vision_tower`, …).
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
-        let act = Act::parse(&cfg.hidden_act)?;
+        let act = Activation::parse(&cfg.hidden_act).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "vision_config.hidden_act {:?} is not supported (supported: {})",
+                cfg.hidden_act,
+                Activation::NAMES
+            ))
+        })?;
         let emb = vb.pp("embeddings");
         let patch_embedding = PatchEmbedding::new(cfg, emb.pp("patch_embedding"))?;
         let patches = Self::patches_of(cfg);

@@ -234,6 +234,10 @@ fn unsupported_configs_are_clear_errors() {
             r#"{"model_type":"gemma3_text","num_hidden_layers":2,"layer_types":["full_attention"]}"#,
             "layer_types has 1",
         ),
+        (
+            r#"{"model_type":"gemma3_text","hidden_activation":"mish"}"#,
+            "hidden_activation \"mish\" is not supported",
+        ),
         (r#"{"model_type":"gemma3"}"#, "no vision_config"),
         (
             r#"{"model_type":"gemma3_text","hidden_size":"big"}"#,
@@ -246,4 +250,25 @@ fn unsupported_configs_are_clear_errors() {
         assert!(err.contains(want), "{json}: {err}");
         assert!(err.starts_with("config.json: "), "names the file: {err}");
     }
+}
+
+#[test]
+fn hidden_activation_takes_transformers_names() {
+    use crate::activation::Activation;
+    for (name, want) in [
+        ("gelu_pytorch_tanh", Activation::GeluTanh),
+        ("gelu_new", Activation::GeluTanh),
+        ("gelu", Activation::GeluErf),
+        ("silu", Activation::Silu),
+        ("quick_gelu", Activation::QuickGelu),
+        ("relu", Activation::Relu),
+    ] {
+        let cfg = parse(&format!(
+            r#"{{"model_type":"gemma3_text","hidden_activation":"{name}"}}"#
+        ))
+        .unwrap();
+        assert_eq!(cfg.text.hidden_activation, want, "{name}");
+    }
+    let default = parse(r#"{"model_type":"gemma3_text"}"#).unwrap();
+    assert_eq!(default.text.hidden_activation, Activation::GeluTanh);
 }

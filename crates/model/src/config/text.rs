@@ -5,6 +5,8 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::activation::Activation;
+
 use super::{default_eps, default_hidden_act, LayerType, RopeParams, TextConfig};
 
 /// Raw text config with transformers' Gemma3TextConfig defaults.
@@ -99,6 +101,13 @@ pub(super) fn parse_text(v: &Value, root: &Value) -> Result<TextConfig, String> 
     let raw: RawText = serde_path_to_error::deserialize(v.clone())
         .map_err(|e| format!("text config: {}: {}", e.path(), e.inner()))?;
     check_supported(&raw)?;
+    let hidden_activation = Activation::parse(&raw.hidden_activation).ok_or_else(|| {
+        format!(
+            "hidden_activation {:?} is not supported (supported: {})",
+            raw.hidden_activation,
+            Activation::NAMES
+        )
+    })?;
     let layer_types = layer_types(&raw)?;
     let (rope_full, rope_sliding) = rope(&raw)?;
     let tie = raw
@@ -121,6 +130,7 @@ pub(super) fn parse_text(v: &Value, root: &Value) -> Result<TextConfig, String> 
         rope_full,
         rope_sliding,
         final_logit_softcapping: raw.final_logit_softcapping,
+        hidden_activation,
         attn_logit_softcapping: raw.attn_logit_softcapping,
         tie_word_embeddings: tie,
     };
@@ -136,12 +146,6 @@ fn check_supported(raw: &RawText) -> Result<(), String> {
     }
     if raw.attention_bias {
         return Err("attention_bias=true is not a Gemma 3 configuration".into());
-    }
-    if raw.hidden_activation != "gelu_pytorch_tanh" {
-        return Err(format!(
-            "hidden_activation {:?} is not supported (Gemma 3 uses gelu_pytorch_tanh)",
-            raw.hidden_activation
-        ));
     }
     Ok(())
 }
