@@ -1,6 +1,7 @@
 //! The Gemma 3 image processor (transformers' PIL backend, `Gemma3ImageProcessorPil`):
 //! decode → RGB → optional pan-and-scan → PIL resize (the config's `resample`,
-//! bilinear by default) to the checkpoint's size → rescale (`u8 as f64 * rescale_factor`, then f32) → normalize → CHW f32.
+//! bilinear by default) to the checkpoint's size → rescale (`u8 as f64 *
+//! rescale_factor`, then f32) → normalize → CHW f32.
 
 use std::path::Path;
 use std::sync::Arc;
