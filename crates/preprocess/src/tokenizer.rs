@@ -34,6 +34,11 @@ pub struct TextProcessor {
     json: std::sync::OnceLock<Arc<JsonVocab>>,
     /// Constraints of the schemas used last, the newest last.
     constraints: Mutex<Vec<(String, Constraint)>>,
+    /// Whether the decoder turns `<0xNN>` pieces into bytes (SentencePiece byte
+    /// fallback, as Gemma's tokenizer does).
+    byte_fallback: bool,
+    /// Ids of the added tokens marked special (dropped by `skip_special_tokens`).
+    special_ids: std::collections::HashSet<u32>,
 }
 
 impl TextProcessor {
@@ -74,7 +79,6 @@ impl TextProcessor {
             Err(e) => return Err(e),
         };
         Ok(Self {
-            tokenizer,
             template,
             special: SpecialTokens {
                 bos_token,
@@ -83,6 +87,14 @@ impl TextProcessor {
             },
             json: std::sync::OnceLock::new(),
             constraints: Mutex::new(Vec::new()),
+            byte_fallback: decodes_byte_fallback(&tokenizer),
+            special_ids: tokenizer
+                .get_added_tokens_decoder()
+                .into_iter()
+                .filter(|(_, t)| t.special)
+                .map(|(id, _)| id)
+                .collect(),
+            tokenizer,
         })
     }
 
@@ -139,6 +151,24 @@ impl TextProcessor {
         self.tokenizer
             .decode(&known, skip_special_tokens)
             .map_err(|e| PreprocessError::Tokenizer(e.to_string()))
+    }
+
+    /// Whether `id` is a byte-fallback piece (`<0xNN>`) that the decoder turns into
+    /// a byte. A run of them decodes as one: to its text when the run's bytes are
+    /// valid UTF-8, else to one U+FFFD per byte (tokenizers' `ByteFallback`).
+    pub fn is_fallback_byte(&self, id: u32) -> bool {
+        self.byte_fallback
+            && self
+                .tokenizer
+                .id_to_token(id)
+                .is_some_and(|p| byte_fallback(&p).is_some())
+    }
+
+    /// Whether `decode` leaves `id` out: an id the tokenizer does not know, or a
+    /// special token when `skip_special_tokens`.
+    pub fn decodes_to_nothing(&self, id: u32, skip_special_tokens: bool) -> bool {
+        (skip_special_tokens && self.special_ids.contains(&id))
+            || self.tokenizer.id_to_token(id).is_none()
     }
 
     /// The raw bytes of one token (OpenAI logprobs' `bytes`): byte-fallback pieces
@@ -256,6 +286,23 @@ fn ids_of(v: &Json) -> Vec<u32> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// Whether the tokenizer's decoder (or a step of its sequence) is `ByteFallback`.
+fn decodes_byte_fallback(tokenizer: &Tokenizer) -> bool {
+    fn has(v: &Json) -> bool {
+        match v {
+            Json::Object(m) => {
+                m.get("type").is_some_and(|t| t == "ByteFallback") || m.values().any(has)
+            }
+            Json::Array(a) => a.iter().any(has),
+            _ => false,
+        }
+    }
+    tokenizer
+        .get_decoder()
+        .and_then(|d| serde_json::to_value(d).ok())
+        .is_some_and(|v| has(&v))
 }
 
 /// `<0xNN>` pieces of SentencePiece byte fallback.
